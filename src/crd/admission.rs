@@ -1,0 +1,91 @@
+//! Admission rules that need a second object: whether a SmartClient's fields suit the dialect of the
+//! auth server it refers to. CRD schemas cannot look at other objects, so these are
+//! ValidatingAdmissionPolicies (built into the apiserver since 1.30; no webhook to run).
+//!
+//! Each policy takes the auth servers as parameters: a binding with an empty `paramRef.selector` makes
+//! the apiserver evaluate the rules once per auth server (of the SmartClient's namespace for the
+//! namespaced kind), and only the server the SmartClient names can fail them.
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use serde_json::json;
+
+use super::{ClusterSmartAuthServer, GROUP, SmartAuthServer, VERSION};
+use kube::Resource;
+
+/// A policy and the binding that activates it.
+pub struct PolicyWithBinding {
+    pub policy: ValidatingAdmissionPolicy,
+    pub binding: ValidatingAdmissionPolicyBinding,
+}
+
+/// Every ValidatingAdmissionPolicy of this operator with its binding.
+pub fn all_policies() -> Vec<PolicyWithBinding> {
+    vec![
+        dialect_policy(&SmartAuthServer::kind(&()), "smartclient-dialect.smart.fhir.dev"),
+        dialect_policy(
+            &ClusterSmartAuthServer::kind(&()),
+            "smartclient-cluster-dialect.smart.fhir.dev",
+        ),
+    ]
+}
+
+fn dialect_policy(server_kind: &str, name: &str) -> PolicyWithBinding {
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": { "name": name, "labels": { "app.kubernetes.io/part-of": "smart-operator" } },
+        "spec": {
+            "failurePolicy": "Fail",
+            "paramKind": { "apiVersion": format!("{GROUP}/{VERSION}"), "kind": server_kind },
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [GROUP],
+                    "apiVersions": [VERSION],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["smartclients"],
+                }],
+            },
+            // Only a changed spec is judged again: an object that became inconsistent because an auth
+            // server was recreated must still let the operator remove its finalizer.
+            "matchConditions": [{
+                "name": "spec-changed",
+                "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+            }],
+            "variables": [{
+                "name": "refersToThisServer",
+                "expression": format!(
+                    "object.spec.authServerRef.name == params.metadata.name && (has(object.spec.authServerRef.kind) ? object.spec.authServerRef.kind : 'SmartAuthServer') == '{server_kind}'"
+                ),
+            }],
+            "validations": [
+                {
+                    "expression": "!variables.refersToThisServer || params.spec.dialect == 'S4SLegacy' || !has(object.spec.clientId)",
+                    "messageExpression": format!("'spec.clientId: Forbidden: only S4SLegacy servers let the client choose its id; {server_kind} ' + params.metadata.name + ' speaks ' + params.spec.dialect"),
+                    "reason": "Invalid",
+                },
+                {
+                    "expression": "!variables.refersToThisServer || params.spec.dialect != 'RFC7591' || !has(object.spec.debugTokens) || size(object.spec.debugTokens) == 0",
+                    "messageExpression": format!("'spec.debugTokens: Forbidden: debug tokens need the Sync-for-Science debug API (S4S or S4SLegacy); {server_kind} ' + params.metadata.name + ' speaks ' + params.spec.dialect"),
+                    "reason": "Invalid",
+                },
+            ],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": { "name": name, "labels": { "app.kubernetes.io/part-of": "smart-operator" } },
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            // No namespace: namespaced parameters are looked up in the SmartClient's own namespace.
+            "paramRef": { "selector": {}, "parameterNotFoundAction": "Allow" },
+        },
+    });
+    PolicyWithBinding {
+        policy: serde_json::from_value(policy).expect("policy literal matches the API type"),
+        binding: serde_json::from_value(binding).expect("binding literal matches the API type"),
+    }
+}

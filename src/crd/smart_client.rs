@@ -1,0 +1,429 @@
+//! `SmartClient`: one OAuth client registered on one auth server, its credentials kept in a Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema::{EmailAddress, HttpsUrl, RedirectUri, SmartScope};
+
+/// Keys the operator writes to a client's Secret, before any renaming by `spec.secret.keys`.
+pub const DEFAULT_SECRET_KEYS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "registration_access_token",
+    "registration_client_uri",
+    "token_endpoint",
+    "fhir_base_url",
+    "scope",
+];
+
+/// Suffixes of the keys written for each debug token: `<name>_access_token`, ...
+pub const DEBUG_TOKEN_KEY_SUFFIXES: &[&str] = &["access_token", "refresh_token", "expires_at"];
+
+/// Registration metadata that the operator manages itself and that `extraMetadata` may not set.
+pub const RESERVED_METADATA_FIELDS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "client_id_issued_at",
+    "client_secret_expires_at",
+    "registration_access_token",
+    "registration_client_uri",
+    "client_name",
+    "redirect_uris",
+    "scope",
+    "grant_types",
+    "response_types",
+    "token_endpoint_auth_method",
+    "logo_uri",
+    "contacts",
+];
+
+/// An OAuth client registered with a SMART auth server. The operator registers it, keeps its
+/// credentials in a Secret of this namespace, follows spec changes and cleans up on deletion.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "smart.fhir.dev",
+    version = "v1alpha1",
+    kind = "SmartClient",
+    namespaced,
+    status = "SmartClientStatus",
+    shortname = "smc",
+    category = "smart",
+    doc = "An OAuth client registered with a SMART on FHIR auth server; credentials are kept in a Secret.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Server", type_ = "string", json_path = ".spec.authServerRef.name"),
+    printcolumn(name = "Client ID", type_ = "string", json_path = ".status.clientId"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.redirectUris) || (has(self.grantTypes) && !self.grantTypes.exists(g, g in ['authorization_code', 'implicit']))")
+    .message("redirectUris is required unless grantTypes leaves out authorization_code and implicit")
+    .field_path(".redirectUris")
+    .reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!(has(self.tokenEndpointAuthMethod) && self.tokenEndpointAuthMethod == 'none' && has(self.grantTypes) && 'client_credentials' in self.grantTypes)")
+    .message("a public client (tokenEndpointAuthMethod: none) cannot use the client_credentials grant")
+    .field_path(".grantTypes")
+    .reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.grantTypes) || !('refresh_token' in self.grantTypes) || self.grantTypes.exists(g, g in ['authorization_code', 'implicit'])")
+    .message("the refresh_token grant needs authorization_code (refresh tokens come from authorizations)")
+    .field_path(".grantTypes")
+    .reason(Reason::FieldValueInvalid))]
+pub struct SmartClientSpec {
+    /// The auth server to register with: a SmartAuthServer of this namespace or a
+    /// ClusterSmartAuthServer that admits this namespace. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("authServerRef is immutable: create a new SmartClient to register with another auth server"))]
+    pub auth_server_ref: AuthServerRef,
+
+    /// Human-readable client name shown on consent screens (`client_name`). Defaults to
+    /// `<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub client_name: Option<String>,
+
+    /// Where the auth server may send users back after authorization. https only; http is allowed for
+    /// localhost, 127.0.0.1 and [::1]. Required unless `grantTypes` leaves out `authorization_code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub redirect_uris: Option<Vec<RedirectUri>>,
+
+    /// SMART scopes to request, e.g. `launch/patient`, `patient/*.read` (v1) or
+    /// `patient/Observation.rs?category=laboratory` (v2), `openid`, `fhirUser`, `offline_access`.
+    /// The server may grant fewer; `status.grantedScopes` shows what it granted.
+    #[schemars(length(min = 1, max = 100))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub scopes: Vec<SmartScope>,
+
+    /// OAuth grant types (`grant_types`). Default: `authorization_code` and `refresh_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub grant_types: Option<Vec<GrantType>>,
+
+    /// OAuth response types (`response_types`). Default: `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub response_types: Option<Vec<ResponseType>>,
+
+    /// How the client authenticates at the token endpoint (`token_endpoint_auth_method`). Default:
+    /// `client_secret_basic`. `none` registers a public client without a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+
+    /// URL of the client's logo (`logo_uri`), https only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_uri: Option<HttpsUrl>,
+
+    /// E-mail addresses of people responsible for the client (`contacts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub contacts: Option<Vec<EmailAddress>>,
+
+    /// Further client metadata sent as-is to RFC7591 servers (e.g. `software_id`, `jwks_uri`,
+    /// `policy_uri`). Fields the operator manages itself (`client_id`, `redirect_uris`, `scope`, ...) are
+    /// rejected: use the typed fields instead. Ignored by S4S dialects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "extra_metadata_schema")]
+    pub extra_metadata: Option<BTreeMap<String, serde_json::Value>>,
+
+    /// Client id to register with, for `S4SLegacy` servers only (they let the caller choose it; other
+    /// dialects assign ids themselves and a ValidatingAdmissionPolicy rejects this field there).
+    /// Default: derived from the namespace, name and UID. Changing it registers a new client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._~-]+$"))]
+    pub client_id: Option<String>,
+
+    /// The Secret the credentials are written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSpec>,
+
+    /// Access tokens to mint for test users through the Sync-for-Science debug API (S4S dialects only),
+    /// written to the client's Secret as `<name>_access_token`, `<name>_refresh_token` and
+    /// `<name>_expires_at`, and re-minted before they expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub debug_tokens: Option<Vec<DebugToken>>,
+
+    /// What happens to the registration when this SmartClient is deleted: `Delete` (default) removes
+    /// it from the auth server (RFC 7592 DELETE); `Orphan` leaves it there. S4S dialects cannot delete
+    /// clients and always orphan them, with an Event saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+fn extra_metadata_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let reserved = RESERVED_METADATA_FIELDS
+        .iter()
+        .map(|f| format!("'{f}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "maxProperties": 32,
+        "x-kubernetes-validations": [{
+            "rule": format!("![{reserved}].exists(f, f in self)"),
+            "messageExpression": format!("'extraMetadata must not set fields the operator manages (' + [{reserved}].filter(f, f in self).join(', ') + '); use the typed spec fields'"),
+            "reason": "FieldValueForbidden",
+        }],
+    })
+}
+
+/// Reference to the auth server a SmartClient registers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthServerRef {
+    /// `SmartAuthServer` (default, same namespace) or `ClusterSmartAuthServer`.
+    #[serde(default)]
+    pub kind: AuthServerKind,
+    /// Name of the auth server resource.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+}
+
+/// Kind of auth server a SmartClient refers to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AuthServerKind {
+    /// A SmartAuthServer in the SmartClient's namespace.
+    #[default]
+    SmartAuthServer,
+    /// A cluster-scoped ClusterSmartAuthServer.
+    ClusterSmartAuthServer,
+}
+
+/// OAuth 2.0 grant types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+    Implicit,
+}
+
+/// OAuth 2.0 response types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseType {
+    Code,
+    Token,
+    IdToken,
+}
+
+/// Client authentication at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    /// HTTP Basic with client id and secret.
+    ClientSecretBasic,
+    /// Client id and secret in the form body.
+    ClientSecretPost,
+    /// A public client: no secret.
+    None,
+}
+
+/// What to do with the remote registration when the SmartClient is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the client on the auth server (RFC 7592). S4S dialects cannot, and orphan it instead.
+    #[default]
+    Delete,
+    /// Leave the client registered on the auth server.
+    Orphan,
+}
+
+/// The Secret a SmartClient's credentials are written to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSpec {
+    /// Name of the Secret, in the SmartClient's namespace. Default: `<metadata.name>-smart-client`.
+    /// The operator owns this Secret (ownerReference) and rewrites it when it is edited or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+
+    /// Renames output keys: `{default key: key to write}`, e.g. `client_secret: OAUTH_CLIENT_SECRET`.
+    /// Default keys: `client_id`, `client_secret`, `registration_access_token`,
+    /// `registration_client_uri`, `token_endpoint`, `fhir_base_url`, `scope`, and per debug token
+    /// `<name>_access_token`, `<name>_refresh_token`, `<name>_expires_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "secret_keys_schema")]
+    pub keys: Option<BTreeMap<String, String>>,
+
+    /// Extra labels for the Secret. `app.kubernetes.io/managed-by` is always `smart-operator`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "string_map_schema")]
+    pub labels: Option<BTreeMap<String, String>>,
+
+    /// Extra annotations for the Secret (e.g. for reloaders or external-secrets tooling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "string_map_schema")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+fn secret_keys_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let defaults = DEFAULT_SECRET_KEYS
+        .iter()
+        .map(|k| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let token_key = format!(
+        "^[a-z0-9]([-a-z0-9]*[a-z0-9])?_({})$",
+        DEBUG_TOKEN_KEY_SUFFIXES.join("|")
+    );
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "pattern": "^[-._a-zA-Z0-9]+$",
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": format!("self.all(k, k in [{defaults}] || k.matches('{token_key}'))"),
+                "messageExpression": format!("'unknown output key(s): ' + self.filter(k, !(k in [{defaults}] || k.matches('{token_key}'))).join(', ') + '; known keys are ' + [{defaults}].join(', ') + ' and <debugToken>_access_token, <debugToken>_refresh_token, <debugToken>_expires_at'"),
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": "self.all(k, self.filter(o, self[o] == self[k]).size() == 1)",
+                "message": "two keys are renamed to the same Secret key",
+                "reason": "FieldValueDuplicate",
+            },
+        ],
+    })
+}
+
+fn string_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "type": "string", "maxLength": 4096 },
+    })
+}
+
+/// An access token minted for a test user through the Sync-for-Science debug API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.refreshBefore) || !has(self.lifetime) || duration(self.refreshBefore) < duration(self.lifetime)")
+    .message("refreshBefore must be shorter than lifetime")
+    .field_path(".refreshBefore")
+    .reason(Reason::FieldValueInvalid))]
+pub struct DebugToken {
+    /// Name of the token; prefixes its Secret keys (`<name>_access_token`, ...). Unique per client.
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// User the token is issued for (S4S `username`, S4SLegacy `user`), e.g. `daniel-adams`.
+    #[schemars(length(min = 1, max = 128))]
+    pub user: String,
+    /// Patient in context (`patient_id`), e.g. `smart-1288992`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub patient_id: Option<String>,
+    /// Scopes of the token. Default: the client's scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    pub scopes: Option<Vec<SmartScope>>,
+    /// How long each minted token lives, as a Go duration (`1h`, `30m`, `10s`). Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('2s') && duration(self) <= duration('8760h')")
+        .message("lifetime must be between 2s and 8760h (one year)"))]
+    pub lifetime: Option<kube::core::Duration>,
+    /// How long before expiry the token is re-minted (with up to 10% jitter earlier). Default: a
+    /// fifth of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("refreshBefore must be at least 1s"))]
+    pub refresh_before: Option<kube::core::Duration>,
+}
+
+/// Observed state of a SmartClient. Never holds secret values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmartClientStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Registered`, `SecretSynced`, `TokensFresh` (and `DeletionBlocked` while deletion is
+    /// stuck), each with a machine-readable reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Client id the auth server knows this client by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// RFC 7592 management URL of the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_client_uri: Option<String>,
+    /// When the server issued the client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_issued_at: Option<Time>,
+    /// Scopes the server granted; may be fewer than requested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted_scopes: Vec<String>,
+    /// Hash of the registration metadata last accepted by the server; a spec change that alters it
+    /// causes one update (RFC7591) or a replacement (S4S dialects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_metadata_hash: Option<String>,
+    /// Name of the Secret holding the credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// State of each debug token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub debug_tokens: Vec<DebugTokenStatus>,
+    /// Clients this SmartClient registered earlier and could not delete (S4S dialects cannot), e.g.
+    /// after a replacement. Clean them up on the server by hand if needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned_clients: Vec<OrphanedClient>,
+    /// Failure backoff, kept in status so that it survives an operator restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryStatus>,
+}
+
+/// State of one debug token. The token itself is only in the Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugTokenStatus {
+    /// Name of the debug token in the spec.
+    pub name: String,
+    /// When the current token expires, as reported by introspection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the operator will mint the next token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_at: Option<Time>,
+}
+
+/// A client left behind on the auth server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrphanedClient {
+    /// Client id on the auth server.
+    pub client_id: String,
+    /// Why it was left behind, e.g. `Replaced`.
+    pub reason: String,
+    /// When it was left behind.
+    pub since: Time,
+}
+
+/// Failure backoff of a SmartClient.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryStatus {
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// Earliest time of the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Time>,
+}

@@ -1,0 +1,4 @@
+//! smart-operator: a Kubernetes operator that registers SMART on FHIR OAuth clients declaratively.
+
+pub mod crd;
+pub mod manifests;
