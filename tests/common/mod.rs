@@ -1,0 +1,176 @@
+//! Shared harness for integration tests against the real control plane that `hack/test` starts.
+//!
+//! Nothing here skips: without a reachable apiserver every test fails with a message saying how to
+//! start one.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::Scope;
+use kube::{Client, Discovery};
+use serde_json::Value;
+
+pub const FIELD_MANAGER: &str = "smart-operator-tests";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A client for the test control plane, or a panic that says how to get one.
+pub async fn client() -> Client {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        panic!(
+            "KUBECONFIG is not set: integration tests need the real control plane. Run them with \
+             `hack/test`, or `eval \"$(hack/control-plane up)\"` first."
+        );
+    }
+    let client = Client::try_default()
+        .await
+        .unwrap_or_else(|e| panic!("cannot build a client from KUBECONFIG: {e}"));
+    client
+        .apiserver_version()
+        .await
+        .unwrap_or_else(|e| panic!("the control plane in KUBECONFIG does not answer: {e}"));
+    client
+}
+
+/// Parses every YAML document of a file (or string) into JSON values, skipping empty documents.
+pub fn yaml_documents(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(yaml)
+        .unwrap_or_else(|e| panic!("invalid YAML: {e}\n{yaml}"))
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+pub fn read_yaml_file(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml_documents(&text)
+}
+
+/// Applies the generated `crds/` directory (CRDs and admission policies) by server-side apply and
+/// waits until every CRD is Established. Idempotent, so each test can call it.
+pub async fn install_crds(client: &Client) {
+    let dir = repo_root().join("crds");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    // CRDs first: the policies' paramKind refers to them.
+    let (policies, crds): (Vec<_>, Vec<_>) = files.into_iter().partition(|p| {
+        p.file_name().unwrap().to_string_lossy().starts_with("validatingadmissionpolicy-")
+    });
+    for file in crds.iter().chain(&policies) {
+        for doc in read_yaml_file(file) {
+            apply(client, None, doc)
+                .await
+                .unwrap_or_else(|e| panic!("applying {}: {e}", file.display()));
+        }
+        if crds.last() == Some(file) {
+            wait_until_established(client).await;
+        }
+    }
+}
+
+async fn wait_until_established(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in smart_operator::crd::all_crds() {
+        let name = crd.metadata.name.unwrap();
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
+            .unwrap();
+    }
+}
+
+/// The API of a GVK as the apiserver's discovery sees it (so a CRD that is not served fails here).
+pub async fn api_for(client: &Client, gvk: &GroupVersionKind, namespace: Option<&str>) -> Api<DynamicObject> {
+    let discovery = Discovery::new(client.clone())
+        .filter(&[gvk.group.as_str()])
+        .run()
+        .await
+        .unwrap();
+    let (resource, capabilities) = discovery
+        .resolve_gvk(gvk)
+        .unwrap_or_else(|| panic!("the apiserver does not serve {gvk:?}"));
+    dynamic_api(client, &resource, capabilities.scope == Scope::Namespaced, namespace)
+}
+
+fn dynamic_api(client: &Client, resource: &ApiResource, namespaced: bool, namespace: Option<&str>) -> Api<DynamicObject> {
+    match (namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, resource),
+        (true, None) => Api::default_namespaced_with(client.clone(), resource),
+        (false, _) => Api::all_with(client.clone(), resource),
+    }
+}
+
+fn gvk_of(doc: &Value) -> GroupVersionKind {
+    let api_version = doc["apiVersion"].as_str().expect("apiVersion");
+    let kind = doc["kind"].as_str().expect("kind");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, kind)
+}
+
+/// Server-side applies one object (into `namespace` when it is namespaced).
+pub async fn apply(client: &Client, namespace: Option<&str>, doc: Value) -> Result<DynamicObject, kube::Error> {
+    let api = api_for(client, &gvk_of(&doc), namespace).await;
+    let name = doc["metadata"]["name"].as_str().expect("metadata.name").to_owned();
+    let object: DynamicObject = serde_json::from_value(doc).expect("a Kubernetes object");
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+        .await
+}
+
+/// Creates one object (into `namespace` when it is namespaced).
+pub async fn create(client: &Client, namespace: Option<&str>, doc: Value) -> Result<DynamicObject, kube::Error> {
+    let api = api_for(client, &gvk_of(&doc), namespace).await;
+    let object: DynamicObject = serde_json::from_value(doc).expect("a Kubernetes object");
+    api.create(&PostParams::default(), &object).await
+}
+
+/// Replaces one existing object's spec with a JSON merge patch.
+pub async fn merge_patch(client: &Client, namespace: Option<&str>, doc: &Value, patch: Value) -> Result<DynamicObject, kube::Error> {
+    let api = api_for(client, &gvk_of(doc), namespace).await;
+    let name = doc["metadata"]["name"].as_str().expect("metadata.name");
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+}
+
+static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh namespace for one test (tests share one control plane and run in parallel).
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NAMESPACE_COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    name
+}
+
+/// Runs a command from the control plane's bin dir (kubectl, helm) and returns (success, stdout, stderr).
+pub fn run_tool(program: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (is the control plane's bin dir on PATH?): {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
