@@ -86,6 +86,14 @@ fn auth_server(name: &str, mutate: impl FnOnce(&mut Value)) -> Value {
     server
 }
 
+/// Distinct resource types, to build scope lists longer than the limit without duplicates.
+const SCOPE_RESOURCES: &[&str] = &[
+    "Patient", "Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "Immunization",
+    "AllergyIntolerance", "DiagnosticReport", "DocumentReference", "CarePlan", "CareTeam", "Goal",
+    "Device", "Location", "Organization", "Practitioner", "PractitionerRole", "Provenance", "Coverage",
+    "ServiceRequest", "Specimen", "QuestionnaireResponse", "RelatedPerson",
+];
+
 struct BadManifest {
     what: &'static str,
     object: Value,
@@ -105,7 +113,7 @@ fn bad_manifests() -> Vec<BadManifest> {
         bad("two scopes in one item", smart_client("b6", |s| s["scopes"] = json!(["patient/*.read launch"])), &["spec.scopes[0]"]),
         bad("unknown launch context", smart_client("b7", |s| s["scopes"] = json!(["launch/practitioner"])), &["spec.scopes[0]"]),
         bad("empty scope list", smart_client("b8", |s| s["scopes"] = json!([])), &["spec.scopes"]),
-        bad("too many scopes", smart_client("b9", |s| s["scopes"] = json!(vec!["patient/*.read"; 101])), &["spec.scopes", "Too many"]),
+        bad("too many scopes", smart_client("b9", |s| s["scopes"] = json!(SCOPE_RESOURCES.iter().cycle().take(65).enumerate().map(|(i, r)| format!("{}/{r}.read", ["patient", "user", "system"][i / SCOPE_RESOURCES.len()])).collect::<Vec<_>>())), &["spec.scopes", "Too many"]),
         bad("scopes missing", smart_client("b10", |s| { s.as_object_mut().unwrap().remove("scopes"); }), &["spec.scopes", "Required"]),
         bad("authServerRef missing", smart_client("b11", |s| { s.as_object_mut().unwrap().remove("authServerRef"); }), &["spec.authServerRef", "Required"]),
         bad("unknown authServerRef kind", smart_client("b12", |s| s["authServerRef"]["kind"] = json!("Issuer")), &["spec.authServerRef.kind", "Unsupported value"]),
@@ -120,9 +128,9 @@ fn bad_manifests() -> Vec<BadManifest> {
         bad("unknown deletion policy", smart_client("b21", |s| s["deletionPolicy"] = json!("Destroy")), &["spec.deletionPolicy", "Unsupported value"]),
         bad("http logo", smart_client("b22", |s| s["logoUri"] = json!("http://app.example.org/logo.png")), &["spec.logoUri", "https://"]),
         bad("contact that is not an e-mail address", smart_client("b23", |s| s["contacts"] = json!(["platform team"])), &["spec.contacts[0]"]),
-        bad("extraMetadata overriding managed fields", smart_client("b24", |s| s["extraMetadata"] = json!({"client_id": "x", "software_id": "y"})), &["spec.extraMetadata", "client_id"]),
+        bad("output key renamed onto another default key", smart_client("b24", |s| s["secret"] = json!({"keys": {"client_secret": "client_id"}})), &["spec.secret.keys", "same Secret key"]),
         bad("clientId with forbidden characters", smart_client("b25", |s| s["clientId"] = json!("my client")), &["spec.clientId"]),
-        bad("unknown output key", smart_client("b26", |s| s["secret"] = json!({"keys": {"password": "PASSWORD"}})), &["spec.secret.keys", "password"]),
+        bad("unknown output key", smart_client("b26", |s| s["secret"] = json!({"keys": {"password": "PASSWORD"}})), &["spec.secret.keys.password", "unknown field"]),
         bad("two output keys renamed to one", smart_client("b27", |s| s["secret"] = json!({"keys": {"client_id": "ID", "client_secret": "ID"}})), &["spec.secret.keys", "same Secret key"]),
         bad("invalid Secret name", smart_client("b28", |s| s["secret"] = json!({"name": "My_Secret"})), &["spec.secret.name"]),
         bad("debug token refreshBefore not shorter than lifetime", smart_client("b29", |s| s["debugTokens"] = json!([{"name": "t", "user": "u", "lifetime": "10m", "refreshBefore": "10m"}])), &["spec.debugTokens[0].refreshBefore"]),
@@ -258,7 +266,7 @@ async fn valid_edge_cases_are_accepted() {
         smart_client("g4", |s| { s.as_object_mut().unwrap().remove("redirectUris"); s["grantTypes"] = json!(["client_credentials"]); }),
         smart_client("g5", |s| s["clientId"] = json!("chosen-by-me_1.0~x")),
         smart_client("g6", |s| s["debugTokens"] = json!([{"name": "short", "user": "u", "lifetime": "3s", "refreshBefore": "1s"}])),
-        smart_client("g7", |s| s["secret"] = json!({"keys": {"client_id": "ID", "t_access_token": "TOKEN"}})),
+        smart_client("g7", |s| s["secret"] = json!({"keys": {"client_id": "client_secret", "client_secret": "OAUTH_CLIENT_SECRET"}})),
     ];
     for object in good {
         let name = object["metadata"]["name"].clone();

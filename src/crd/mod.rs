@@ -6,7 +6,7 @@
 
 pub mod admission;
 mod auth_server;
-mod schema;
+pub mod schema;
 mod smart_client;
 
 pub use auth_server::{
@@ -15,8 +15,9 @@ pub use auth_server::{
     TlsConfig,
 };
 pub use smart_client::{
+    DEFAULT_SECRET_KEYS, RESERVED_METADATA_FIELDS,
     AuthServerKind, AuthServerRef, DebugToken, DebugTokenStatus, DeletionPolicy, GrantType,
-    OrphanedClient, RetryStatus, SecretSpec, SmartClient, SmartClientSpec, SmartClientStatus,
+    OrphanedClient, RetryStatus, SecretKeys, SecretSpec, SmartClient, SmartClientSpec, SmartClientStatus,
     TokenEndpointAuthMethod,
 };
 

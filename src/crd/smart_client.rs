@@ -20,9 +20,6 @@ pub const DEFAULT_SECRET_KEYS: &[&str] = &[
     "scope",
 ];
 
-/// Suffixes of the keys written for each debug token: `<name>_access_token`, ...
-pub const DEBUG_TOKEN_KEY_SUFFIXES: &[&str] = &["access_token", "refresh_token", "expires_at"];
-
 /// Registration metadata that the operator manages itself and that `extraMetadata` may not set.
 pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     "client_id",
@@ -94,7 +91,7 @@ pub struct SmartClientSpec {
     /// SMART scopes to request, e.g. `launch/patient`, `patient/*.read` (v1) or
     /// `patient/Observation.rs?category=laboratory` (v2), `openid`, `fhirUser`, `offline_access`.
     /// The server may grant fewer; `status.grantedScopes` shows what it granted.
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = 64))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<SmartScope>,
 
@@ -126,7 +123,8 @@ pub struct SmartClientSpec {
 
     /// Further client metadata sent as-is to RFC7591 servers (e.g. `software_id`, `jwks_uri`,
     /// `policy_uri`). Fields the operator manages itself (`client_id`, `redirect_uris`, `scope`, ...) are
-    /// rejected: use the typed fields instead. Ignored by S4S dialects.
+    /// refused with `Ready=False` reason `InvalidSpec`: use the typed fields instead. Ignored by S4S
+    /// dialects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "extra_metadata_schema")]
     pub extra_metadata: Option<BTreeMap<String, serde_json::Value>>,
@@ -146,7 +144,7 @@ pub struct SmartClientSpec {
     /// written to the client's Secret as `<name>_access_token`, `<name>_refresh_token` and
     /// `<name>_expires_at`, and re-minted before they expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub debug_tokens: Option<Vec<DebugToken>>,
 
@@ -157,21 +155,13 @@ pub struct SmartClientSpec {
     pub deletion_policy: Option<DeletionPolicy>,
 }
 
+/// Free-form JSON object. CEL cannot type-check rules over schemaless values, so the reserved-field rule
+/// is enforced by the operator (reported as `Ready=False`, reason `InvalidSpec`) instead of at admission.
 fn extra_metadata_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let reserved = RESERVED_METADATA_FIELDS
-        .iter()
-        .map(|f| format!("'{f}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
         "maxProperties": 32,
-        "x-kubernetes-validations": [{
-            "rule": format!("![{reserved}].exists(f, f in self)"),
-            "messageExpression": format!("'extraMetadata must not set fields the operator manages (' + [{reserved}].filter(f, f in self).join(', ') + '); use the typed spec fields'"),
-            "reason": "FieldValueForbidden",
-        }],
     })
 }
 
@@ -251,13 +241,10 @@ pub struct SecretSpec {
     )]
     pub name: Option<String>,
 
-    /// Renames output keys: `{default key: key to write}`, e.g. `client_secret: OAUTH_CLIENT_SECRET`.
-    /// Default keys: `client_id`, `client_secret`, `registration_access_token`,
-    /// `registration_client_uri`, `token_endpoint`, `fhir_base_url`, `scope`, and per debug token
-    /// `<name>_access_token`, `<name>_refresh_token`, `<name>_expires_at`.
+    /// Renames output keys, e.g. `client_secret: OAUTH_CLIENT_SECRET`, to match what an app already
+    /// reads. Debug token keys are named after the token (`<name>_access_token`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "secret_keys_schema")]
-    pub keys: Option<BTreeMap<String, String>>,
+    pub keys: Option<SecretKeys>,
 
     /// Extra labels for the Secret. `app.kubernetes.io/managed-by` is always `smart-operator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,40 +257,6 @@ pub struct SecretSpec {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-fn secret_keys_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let defaults = DEFAULT_SECRET_KEYS
-        .iter()
-        .map(|k| format!("'{k}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let token_key = format!(
-        "^[a-z0-9]([-a-z0-9]*[a-z0-9])?_({})$",
-        DEBUG_TOKEN_KEY_SUFFIXES.join("|")
-    );
-    schemars::json_schema!({
-        "type": "object",
-        "maxProperties": 64,
-        "additionalProperties": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 253,
-            "pattern": "^[-._a-zA-Z0-9]+$",
-        },
-        "x-kubernetes-validations": [
-            {
-                "rule": format!("self.all(k, k in [{defaults}] || k.matches('{token_key}'))"),
-                "messageExpression": format!("'unknown output key(s): ' + self.filter(k, !(k in [{defaults}] || k.matches('{token_key}'))).join(', ') + '; known keys are ' + [{defaults}].join(', ') + ' and <debugToken>_access_token, <debugToken>_refresh_token, <debugToken>_expires_at'"),
-                "reason": "FieldValueInvalid",
-            },
-            {
-                "rule": "self.all(k, self.filter(o, self[o] == self[k]).size() == 1)",
-                "message": "two keys are renamed to the same Secret key",
-                "reason": "FieldValueDuplicate",
-            },
-        ],
-    })
-}
-
 fn string_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
@@ -311,6 +264,62 @@ fn string_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "additionalProperties": { "type": "string", "maxLength": 4096 },
     })
 }
+
+/// Names of the keys written to a client's Secret. Each defaults to its own field name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new(SECRET_KEYS_UNIQUE_RULE)
+    .message("two outputs would be written to the same Secret key")
+    .reason(Reason::FieldValueInvalid))]
+pub struct SecretKeys {
+    /// Key for the client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_id: Option<String>,
+    /// Key for the client secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub client_secret: Option<String>,
+    /// Key for the RFC 7592 registration access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub registration_access_token: Option<String>,
+    /// Key for the RFC 7592 registration client URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub registration_client_uri: Option<String>,
+    /// Key for the token endpoint URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub token_endpoint: Option<String>,
+    /// Key for the FHIR base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub fhir_base_url: Option<String>,
+    /// Key for the granted scopes (space-separated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub scope: Option<String>,
+}
+
+/// Every output key after renaming must be distinct (renaming `client_secret` to `client_id` would
+/// overwrite the id).
+const SECRET_KEYS_UNIQUE_RULE: &str = "[\
+    has(self.client_id) ? self.client_id : 'client_id', \
+    has(self.client_secret) ? self.client_secret : 'client_secret', \
+    has(self.registration_access_token) ? self.registration_access_token : 'registration_access_token', \
+    has(self.registration_client_uri) ? self.registration_client_uri : 'registration_client_uri', \
+    has(self.token_endpoint) ? self.token_endpoint : 'token_endpoint', \
+    has(self.fhir_base_url) ? self.fhir_base_url : 'fhir_base_url', \
+    has(self.scope) ? self.scope : 'scope'\
+    ].all(k, [\
+    has(self.client_id) ? self.client_id : 'client_id', \
+    has(self.client_secret) ? self.client_secret : 'client_secret', \
+    has(self.registration_access_token) ? self.registration_access_token : 'registration_access_token', \
+    has(self.registration_client_uri) ? self.registration_client_uri : 'registration_client_uri', \
+    has(self.token_endpoint) ? self.token_endpoint : 'token_endpoint', \
+    has(self.fhir_base_url) ? self.fhir_base_url : 'fhir_base_url', \
+    has(self.scope) ? self.scope : 'scope'\
+    ].filter(o, o == k).size() == 1)";
 
 /// An access token minted for a test user through the Sync-for-Science debug API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -332,7 +341,7 @@ pub struct DebugToken {
     pub patient_id: Option<String>,
     /// Scopes of the token. Default: the client's scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = 16))]
     pub scopes: Option<Vec<SmartScope>>,
     /// How long each minted token lives, as a Go duration (`1h`, `30m`, `10s`). Default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

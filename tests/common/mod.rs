@@ -133,11 +133,17 @@ pub async fn apply(client: &Client, namespace: Option<&str>, doc: Value) -> Resu
         .await
 }
 
-/// Creates one object (into `namespace` when it is namespaced).
+/// Creates one object (into `namespace` when it is namespaced) the way `kubectl create` does: a POST
+/// with strict field validation, so unknown fields are errors rather than silently pruned.
 pub async fn create(client: &Client, namespace: Option<&str>, doc: Value) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, &gvk_of(&doc), namespace).await;
-    let object: DynamicObject = serde_json::from_value(doc).expect("a Kubernetes object");
-    api.create(&PostParams::default(), &object).await
+    let body = serde_json::to_vec(&doc).expect("JSON");
+    let mut request = kube::core::Request::new(api.resource_url())
+        .create(&PostParams::default(), body)
+        .expect("a create request");
+    let uri = format!("{}?fieldValidation=Strict", request.uri().path());
+    *request.uri_mut() = uri.parse().expect("a valid URI");
+    client.request::<DynamicObject>(request).await
 }
 
 /// Replaces one existing object's spec with a JSON merge patch.
