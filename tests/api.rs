@@ -13,10 +13,24 @@ async fn crds_install_and_become_established() {
     let client = client().await;
     install_crds(&client).await;
     // Served under the short names and category users type.
-    let (ok, out, err) = run_tool("kubectl", &["api-resources", "--api-group=smart.fhir.dev", "-o", "wide"]);
+    let (ok, out, err) = run_tool(
+        "kubectl",
+        &["api-resources", "--api-group=smart.fhir.dev", "-o", "wide"],
+    );
     assert!(ok, "kubectl api-resources failed: {err}");
-    for expected in ["smartclients", "smc", "smartauthservers", "smartauth", "clustersmartauthservers", "csmartauth", "smart"] {
-        assert!(out.contains(expected), "api-resources lacks {expected}:\n{out}");
+    for expected in [
+        "smartclients",
+        "smc",
+        "smartauthservers",
+        "smartauth",
+        "clustersmartauthservers",
+        "csmartauth",
+        "smart",
+    ] {
+        assert!(
+            out.contains(expected),
+            "api-resources lacks {expected}:\n{out}"
+        );
     }
 }
 
@@ -26,10 +40,19 @@ async fn kubectl_explain_shows_field_docs() {
     install_crds(&client).await;
     let (ok, out, err) = run_tool("kubectl", &["explain", "smartclient.spec.scopes"]);
     assert!(ok, "kubectl explain failed: {err}");
-    assert!(out.contains("SMART scopes to request"), "explain output lacks the doc comment:\n{out}");
-    let (ok, out, err) = run_tool("kubectl", &["explain", "clustersmartauthserver.spec.allowedNamespaces"]);
+    assert!(
+        out.contains("SMART scopes to request"),
+        "explain output lacks the doc comment:\n{out}"
+    );
+    let (ok, out, err) = run_tool(
+        "kubectl",
+        &["explain", "clustersmartauthserver.spec.allowedNamespaces"],
+    );
     assert!(ok, "kubectl explain failed: {err}");
-    assert!(out.contains("AuthServerNotAllowed"), "explain output lacks the doc comment:\n{out}");
+    assert!(
+        out.contains("AuthServerNotAllowed"),
+        "explain output lacks the doc comment:\n{out}"
+    );
 }
 
 #[tokio::test]
@@ -43,12 +66,23 @@ async fn every_example_is_accepted() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     examples.sort();
-    assert!(examples.len() >= 4, "expected the examples/ manifests, found {examples:?}");
+    assert!(
+        examples.len() >= 4,
+        "expected the examples/ manifests, found {examples:?}"
+    );
     for path in examples {
         // Through kubectl, as a user would: strict field validation catches unknown or misspelled fields.
         let (ok, out, err) = run_tool(
             "kubectl",
-            &["apply", "--server-side", "--field-manager=examples", "-n", &namespace, "-f", path.to_str().unwrap()],
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=examples",
+                "-n",
+                &namespace,
+                "-f",
+                path.to_str().unwrap(),
+            ],
         );
         assert!(ok, "{} was rejected: {err}{out}", path.display());
     }
@@ -57,7 +91,8 @@ async fn every_example_is_accepted() {
 fn server(name: &str, dialect: &str) -> Value {
     let mut spec = json!({ "dialect": dialect, "fhirBaseUrl": "https://fhir.example.org/r4" });
     if dialect == "RFC7591" {
-        spec["credentials"] = json!({ "initialAccessTokenSecretRef": { "name": "iat", "key": "token" } });
+        spec["credentials"] =
+            json!({ "initialAccessTokenSecretRef": { "name": "iat", "key": "token" } });
     }
     json!({ "apiVersion": API_VERSION, "kind": "SmartAuthServer", "metadata": { "name": name }, "spec": spec })
 }
@@ -88,10 +123,30 @@ fn auth_server(name: &str, mutate: impl FnOnce(&mut Value)) -> Value {
 
 /// Distinct resource types, to build scope lists longer than the limit without duplicates.
 const SCOPE_RESOURCES: &[&str] = &[
-    "Patient", "Observation", "Encounter", "Condition", "Procedure", "MedicationRequest", "Immunization",
-    "AllergyIntolerance", "DiagnosticReport", "DocumentReference", "CarePlan", "CareTeam", "Goal",
-    "Device", "Location", "Organization", "Practitioner", "PractitionerRole", "Provenance", "Coverage",
-    "ServiceRequest", "Specimen", "QuestionnaireResponse", "RelatedPerson",
+    "Patient",
+    "Observation",
+    "Encounter",
+    "Condition",
+    "Procedure",
+    "MedicationRequest",
+    "Immunization",
+    "AllergyIntolerance",
+    "DiagnosticReport",
+    "DocumentReference",
+    "CarePlan",
+    "CareTeam",
+    "Goal",
+    "Device",
+    "Location",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Provenance",
+    "Coverage",
+    "ServiceRequest",
+    "Specimen",
+    "QuestionnaireResponse",
+    "RelatedPerson",
 ];
 
 struct BadManifest {
@@ -103,50 +158,306 @@ struct BadManifest {
 
 fn bad_manifests() -> Vec<BadManifest> {
     let long = "x".repeat(300);
-    let bad = |what, object, expect| BadManifest { what, object, expect };
+    let bad = |what, object, expect| BadManifest {
+        what,
+        object,
+        expect,
+    };
     vec![
-        bad("v1 scope with a misspelt permission", smart_client("b1", |s| s["scopes"] = json!(["patient/*.reed"])), &["spec.scopes[0]", "must be a SMART scope"]),
-        bad("v2 permissions out of order", smart_client("b2", |s| s["scopes"] = json!(["launch", "patient/Observation.rc"])), &["spec.scopes[1]", "in that order"]),
-        bad("v2 permission repeated", smart_client("b3", |s| s["scopes"] = json!(["patient/Observation.rrs"])), &["spec.scopes[0]", "in that order"]),
-        bad("lower-case resource type", smart_client("b4", |s| s["scopes"] = json!(["patient/observation.read"])), &["spec.scopes[0]"]),
-        bad("unknown scope context", smart_client("b5", |s| s["scopes"] = json!(["practitioner/*.read"])), &["spec.scopes[0]"]),
-        bad("two scopes in one item", smart_client("b6", |s| s["scopes"] = json!(["patient/*.read launch"])), &["spec.scopes[0]"]),
-        bad("unknown launch context", smart_client("b7", |s| s["scopes"] = json!(["launch/practitioner"])), &["spec.scopes[0]"]),
-        bad("empty scope list", smart_client("b8", |s| s["scopes"] = json!([])), &["spec.scopes"]),
-        bad("too many scopes", smart_client("b9", |s| s["scopes"] = json!(SCOPE_RESOURCES.iter().cycle().take(65).enumerate().map(|(i, r)| format!("{}/{r}.read", ["patient", "user", "system"][i / SCOPE_RESOURCES.len()])).collect::<Vec<_>>())), &["spec.scopes", "Too many"]),
-        bad("scopes missing", smart_client("b10", |s| { s.as_object_mut().unwrap().remove("scopes"); }), &["spec.scopes", "Required"]),
-        bad("authServerRef missing", smart_client("b11", |s| { s.as_object_mut().unwrap().remove("authServerRef"); }), &["spec.authServerRef", "Required"]),
-        bad("unknown authServerRef kind", smart_client("b12", |s| s["authServerRef"]["kind"] = json!("Issuer")), &["spec.authServerRef.kind", "Unsupported value"]),
-        bad("http redirect to a remote host", smart_client("b13", |s| s["redirectUris"] = json!(["http://app.example.org/callback"])), &["spec.redirectUris[0]", "https://"]),
-        bad("relative redirect URI", smart_client("b14", |s| s["redirectUris"] = json!(["/callback"])), &["spec.redirectUris[0]"]),
-        bad("redirect URI with a fragment", smart_client("b15", |s| s["redirectUris"] = json!(["https://app.example.org/cb#x"])), &["spec.redirectUris[0]", "fragment"]),
-        bad("redirect URIs missing for authorization_code", smart_client("b16", |s| { s.as_object_mut().unwrap().remove("redirectUris"); }), &["spec.redirectUris", "required"]),
-        bad("too many redirect URIs", smart_client("b17", |s| s["redirectUris"] = json!((0..33).map(|i| format!("https://app.example.org/{i}")).collect::<Vec<_>>())), &["spec.redirectUris", "Too many"]),
-        bad("oversized client name", smart_client("b18", |s| s["clientName"] = json!(long)), &["spec.clientName", "Too long"]),
-        bad("unknown grant type", smart_client("b19", |s| s["grantTypes"] = json!(["password"])), &["spec.grantTypes[0]", "Unsupported value"]),
-        bad("public client with client_credentials", smart_client("b20", |s| { s["grantTypes"] = json!(["client_credentials"]); s["tokenEndpointAuthMethod"] = json!("none"); }), &["spec.grantTypes", "public client"]),
-        bad("unknown deletion policy", smart_client("b21", |s| s["deletionPolicy"] = json!("Destroy")), &["spec.deletionPolicy", "Unsupported value"]),
-        bad("http logo", smart_client("b22", |s| s["logoUri"] = json!("http://app.example.org/logo.png")), &["spec.logoUri", "https://"]),
-        bad("contact that is not an e-mail address", smart_client("b23", |s| s["contacts"] = json!(["platform team"])), &["spec.contacts[0]"]),
-        bad("output key renamed onto another default key", smart_client("b24", |s| s["secret"] = json!({"keys": {"client_secret": "client_id"}})), &["spec.secret.keys", "same Secret key"]),
-        bad("clientId with forbidden characters", smart_client("b25", |s| s["clientId"] = json!("my client")), &["spec.clientId"]),
-        bad("unknown output key", smart_client("b26", |s| s["secret"] = json!({"keys": {"password": "PASSWORD"}})), &["spec.secret.keys.password", "unknown field"]),
-        bad("two output keys renamed to one", smart_client("b27", |s| s["secret"] = json!({"keys": {"client_id": "ID", "client_secret": "ID"}})), &["spec.secret.keys", "same Secret key"]),
-        bad("invalid Secret name", smart_client("b28", |s| s["secret"] = json!({"name": "My_Secret"})), &["spec.secret.name"]),
-        bad("debug token refreshBefore not shorter than lifetime", smart_client("b29", |s| s["debugTokens"] = json!([{"name": "t", "user": "u", "lifetime": "10m", "refreshBefore": "10m"}])), &["spec.debugTokens[0].refreshBefore"]),
-        bad("debug token lifetime too short", smart_client("b30", |s| s["debugTokens"] = json!([{"name": "t", "user": "u", "lifetime": "1s"}])), &["spec.debugTokens[0].lifetime"]),
-        bad("duplicate debug token names", smart_client("b31", |s| s["debugTokens"] = json!([{"name": "t", "user": "u"}, {"name": "t", "user": "v"}])), &["spec.debugTokens[1]", "Duplicate value"]),
-        bad("too many debug tokens", smart_client("b32", |s| s["debugTokens"] = json!((0..17).map(|i| json!({"name": format!("t{i}"), "user": "u"})).collect::<Vec<_>>())), &["spec.debugTokens", "Too many"]),
-        bad("clientId with an RFC7591 server", smart_client("b33", |s| { s["authServerRef"] = json!({"name": "dcr"}); s["clientId"] = json!("chosen"); }), &["spec.clientId", "S4SLegacy"]),
-        bad("debug tokens with an RFC7591 server", smart_client("b34", |s| { s["authServerRef"] = json!({"name": "dcr"}); s["debugTokens"] = json!([{"name": "t", "user": "u"}]); }), &["spec.debugTokens", "debug API"]),
-        bad("clientId with an RFC7591 cluster server", smart_client("b35", |s| { s["authServerRef"] = json!({"kind": "ClusterSmartAuthServer", "name": "api-test-dcr"}); s["clientId"] = json!("chosen"); }), &["spec.clientId", "ClusterSmartAuthServer"]),
-        bad("unknown dialect", auth_server("s1", |s| s["dialect"] = json!("OIDC")), &["spec.dialect", "Unsupported value"]),
-        bad("http FHIR base URL of a remote host", auth_server("s2", |s| s["fhirBaseUrl"] = json!("http://fhir.example.org/r4")), &["spec.fhirBaseUrl", "https://"]),
-        bad("initial access token for an S4S server", auth_server("s3", |s| s["credentials"] = json!({"initialAccessTokenSecretRef": {"name": "iat", "key": "token"}})), &["spec.credentials", "RFC7591"]),
-        bad("neither discovery URL nor registration endpoint", auth_server("s4", |s| { s.as_object_mut().unwrap().remove("fhirBaseUrl"); }), &["spec.fhirBaseUrl", "endpoints.registration"]),
-        bad("two CA bundles", auth_server("s5", |s| s["tls"] = json!({"caBundle": "pem", "caBundleSecretRef": {"name": "ca", "key": "ca.crt"}})), &["spec.tls", "at most one"]),
-        bad("invalid endpoint override", auth_server("s6", |s| s["endpoints"] = json!({"registration": "ftp://fhir.example.org/register"})), &["spec.endpoints.registration"]),
-        bad("dialect missing", auth_server("s7", |s| { s.as_object_mut().unwrap().remove("dialect"); }), &["spec.dialect", "Required"]),
+        bad(
+            "v1 scope with a misspelt permission",
+            smart_client("b1", |s| s["scopes"] = json!(["patient/*.reed"])),
+            &["spec.scopes[0]", "must be a SMART scope"],
+        ),
+        bad(
+            "v2 permissions out of order",
+            smart_client("b2", |s| {
+                s["scopes"] = json!(["launch", "patient/Observation.rc"])
+            }),
+            &["spec.scopes[1]", "in that order"],
+        ),
+        bad(
+            "v2 permission repeated",
+            smart_client("b3", |s| s["scopes"] = json!(["patient/Observation.rrs"])),
+            &["spec.scopes[0]", "in that order"],
+        ),
+        bad(
+            "lower-case resource type",
+            smart_client("b4", |s| s["scopes"] = json!(["patient/observation.read"])),
+            &["spec.scopes[0]"],
+        ),
+        bad(
+            "unknown scope context",
+            smart_client("b5", |s| s["scopes"] = json!(["practitioner/*.read"])),
+            &["spec.scopes[0]"],
+        ),
+        bad(
+            "two scopes in one item",
+            smart_client("b6", |s| s["scopes"] = json!(["patient/*.read launch"])),
+            &["spec.scopes[0]"],
+        ),
+        bad(
+            "unknown launch context",
+            smart_client("b7", |s| s["scopes"] = json!(["launch/practitioner"])),
+            &["spec.scopes[0]"],
+        ),
+        bad(
+            "empty scope list",
+            smart_client("b8", |s| s["scopes"] = json!([])),
+            &["spec.scopes"],
+        ),
+        bad(
+            "too many scopes",
+            smart_client("b9", |s| {
+                s["scopes"] = json!(
+                    SCOPE_RESOURCES
+                        .iter()
+                        .cycle()
+                        .take(65)
+                        .enumerate()
+                        .map(|(i, r)| format!(
+                            "{}/{r}.read",
+                            ["patient", "user", "system"][i / SCOPE_RESOURCES.len()]
+                        ))
+                        .collect::<Vec<_>>()
+                )
+            }),
+            &["spec.scopes", "Too many"],
+        ),
+        bad(
+            "scopes missing",
+            smart_client("b10", |s| {
+                s.as_object_mut().unwrap().remove("scopes");
+            }),
+            &["spec.scopes", "Required"],
+        ),
+        bad(
+            "authServerRef missing",
+            smart_client("b11", |s| {
+                s.as_object_mut().unwrap().remove("authServerRef");
+            }),
+            &["spec.authServerRef", "Required"],
+        ),
+        bad(
+            "unknown authServerRef kind",
+            smart_client("b12", |s| s["authServerRef"]["kind"] = json!("Issuer")),
+            &["spec.authServerRef.kind", "Unsupported value"],
+        ),
+        bad(
+            "http redirect to a remote host",
+            smart_client("b13", |s| {
+                s["redirectUris"] = json!(["http://app.example.org/callback"])
+            }),
+            &["spec.redirectUris[0]", "https://"],
+        ),
+        bad(
+            "relative redirect URI",
+            smart_client("b14", |s| s["redirectUris"] = json!(["/callback"])),
+            &["spec.redirectUris[0]"],
+        ),
+        bad(
+            "redirect URI with a fragment",
+            smart_client("b15", |s| {
+                s["redirectUris"] = json!(["https://app.example.org/cb#x"])
+            }),
+            &["spec.redirectUris[0]", "fragment"],
+        ),
+        bad(
+            "redirect URIs missing for authorization_code",
+            smart_client("b16", |s| {
+                s.as_object_mut().unwrap().remove("redirectUris");
+            }),
+            &["spec.redirectUris", "required"],
+        ),
+        bad(
+            "too many redirect URIs",
+            smart_client("b17", |s| {
+                s["redirectUris"] = json!(
+                    (0..33)
+                        .map(|i| format!("https://app.example.org/{i}"))
+                        .collect::<Vec<_>>()
+                )
+            }),
+            &["spec.redirectUris", "Too many"],
+        ),
+        bad(
+            "oversized client name",
+            smart_client("b18", |s| s["clientName"] = json!(long)),
+            &["spec.clientName", "Too long"],
+        ),
+        bad(
+            "unknown grant type",
+            smart_client("b19", |s| s["grantTypes"] = json!(["password"])),
+            &["spec.grantTypes[0]", "Unsupported value"],
+        ),
+        bad(
+            "public client with client_credentials",
+            smart_client("b20", |s| {
+                s["grantTypes"] = json!(["client_credentials"]);
+                s["tokenEndpointAuthMethod"] = json!("none");
+            }),
+            &["spec.grantTypes", "public client"],
+        ),
+        bad(
+            "unknown deletion policy",
+            smart_client("b21", |s| s["deletionPolicy"] = json!("Destroy")),
+            &["spec.deletionPolicy", "Unsupported value"],
+        ),
+        bad(
+            "http logo",
+            smart_client("b22", |s| {
+                s["logoUri"] = json!("http://app.example.org/logo.png")
+            }),
+            &["spec.logoUri", "https://"],
+        ),
+        bad(
+            "contact that is not an e-mail address",
+            smart_client("b23", |s| s["contacts"] = json!(["platform team"])),
+            &["spec.contacts[0]"],
+        ),
+        bad(
+            "output key renamed onto another default key",
+            smart_client("b24", |s| {
+                s["secret"] = json!({"keys": {"client_secret": "client_id"}})
+            }),
+            &["spec.secret.keys", "same Secret key"],
+        ),
+        bad(
+            "clientId with forbidden characters",
+            smart_client("b25", |s| s["clientId"] = json!("my client")),
+            &["spec.clientId"],
+        ),
+        bad(
+            "unknown output key",
+            smart_client("b26", |s| {
+                s["secret"] = json!({"keys": {"password": "PASSWORD"}})
+            }),
+            &["spec.secret.keys.password", "unknown field"],
+        ),
+        bad(
+            "two output keys renamed to one",
+            smart_client("b27", |s| {
+                s["secret"] = json!({"keys": {"client_id": "ID", "client_secret": "ID"}})
+            }),
+            &["spec.secret.keys", "same Secret key"],
+        ),
+        bad(
+            "invalid Secret name",
+            smart_client("b28", |s| s["secret"] = json!({"name": "My_Secret"})),
+            &["spec.secret.name"],
+        ),
+        bad(
+            "debug token refreshBefore not shorter than lifetime",
+            smart_client(
+                "b29",
+                |s| {
+                    s["debugTokens"] = json!([{"name": "t", "user": "u", "lifetime": "10m", "refreshBefore": "10m"}])
+                },
+            ),
+            &["spec.debugTokens[0].refreshBefore"],
+        ),
+        bad(
+            "debug token lifetime too short",
+            smart_client("b30", |s| {
+                s["debugTokens"] = json!([{"name": "t", "user": "u", "lifetime": "1s"}])
+            }),
+            &["spec.debugTokens[0].lifetime"],
+        ),
+        bad(
+            "duplicate debug token names",
+            smart_client("b31", |s| {
+                s["debugTokens"] = json!([{"name": "t", "user": "u"}, {"name": "t", "user": "v"}])
+            }),
+            &["spec.debugTokens[1]", "Duplicate value"],
+        ),
+        bad(
+            "too many debug tokens",
+            smart_client("b32", |s| {
+                s["debugTokens"] = json!(
+                    (0..17)
+                        .map(|i| json!({"name": format!("t{i}"), "user": "u"}))
+                        .collect::<Vec<_>>()
+                )
+            }),
+            &["spec.debugTokens", "Too many"],
+        ),
+        bad(
+            "clientId with an RFC7591 server",
+            smart_client("b33", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["clientId"] = json!("chosen");
+            }),
+            &["spec.clientId", "S4SLegacy"],
+        ),
+        bad(
+            "debug tokens with an RFC7591 server",
+            smart_client("b34", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["debugTokens"] = json!([{"name": "t", "user": "u"}]);
+            }),
+            &["spec.debugTokens", "debug API"],
+        ),
+        bad(
+            "clientId with an RFC7591 cluster server",
+            smart_client("b35", |s| {
+                s["authServerRef"] =
+                    json!({"kind": "ClusterSmartAuthServer", "name": "api-test-dcr"});
+                s["clientId"] = json!("chosen");
+            }),
+            &["spec.clientId", "ClusterSmartAuthServer"],
+        ),
+        bad(
+            "unknown dialect",
+            auth_server("s1", |s| s["dialect"] = json!("OIDC")),
+            &["spec.dialect", "Unsupported value"],
+        ),
+        bad(
+            "http FHIR base URL of a remote host",
+            auth_server("s2", |s| {
+                s["fhirBaseUrl"] = json!("http://fhir.example.org/r4")
+            }),
+            &["spec.fhirBaseUrl", "https://"],
+        ),
+        bad(
+            "initial access token for an S4S server",
+            auth_server(
+                "s3",
+                |s| {
+                    s["credentials"] =
+                        json!({"initialAccessTokenSecretRef": {"name": "iat", "key": "token"}})
+                },
+            ),
+            &["spec.credentials", "RFC7591"],
+        ),
+        bad(
+            "neither discovery URL nor registration endpoint",
+            auth_server("s4", |s| {
+                s.as_object_mut().unwrap().remove("fhirBaseUrl");
+            }),
+            &["spec.fhirBaseUrl", "endpoints.registration"],
+        ),
+        bad(
+            "two CA bundles",
+            auth_server(
+                "s5",
+                |s| s["tls"] = json!({"caBundle": "pem", "caBundleSecretRef": {"name": "ca", "key": "ca.crt"}}),
+            ),
+            &["spec.tls", "at most one"],
+        ),
+        bad(
+            "invalid endpoint override",
+            auth_server("s6", |s| {
+                s["endpoints"] = json!({"registration": "ftp://fhir.example.org/register"})
+            }),
+            &["spec.endpoints.registration"],
+        ),
+        bad(
+            "dialect missing",
+            auth_server("s7", |s| {
+                s.as_object_mut().unwrap().remove("dialect");
+            }),
+            &["spec.dialect", "Required"],
+        ),
     ]
 }
 
@@ -180,9 +491,15 @@ fn bad_updates() -> Vec<BadUpdate> {
     ]
 }
 
-fn rejection_message(result: Result<kube::api::DynamicObject, kube::Error>) -> Result<String, String> {
+fn rejection_message(
+    result: Result<kube::api::DynamicObject, kube::Error>,
+) -> Result<String, String> {
     match result {
-        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 403 || status.code == 400 => Ok(status.message),
+        Err(kube::Error::Api(status))
+            if status.code == 422 || status.code == 403 || status.code == 400 =>
+        {
+            Ok(status.message)
+        }
         Err(other) => Err(format!("failed for another reason: {other}")),
         Ok(_) => Err("was accepted".to_owned()),
     }
@@ -202,7 +519,9 @@ async fn bad_manifests_are_rejected_with_a_message_naming_the_field() {
     install_crds(&client).await;
     let ns = fresh_namespace(&client, "bad-manifests").await;
     let ns = Some(ns.as_str());
-    apply(&client, ns, server("legacy", "S4SLegacy")).await.unwrap();
+    apply(&client, ns, server("legacy", "S4SLegacy"))
+        .await
+        .unwrap();
     apply(&client, ns, server("dcr", "RFC7591")).await.unwrap();
     let mut cluster_dcr = server("api-test-dcr", "RFC7591");
     cluster_dcr["kind"] = json!("ClusterSmartAuthServer");
@@ -210,7 +529,10 @@ async fn bad_manifests_are_rejected_with_a_message_naming_the_field() {
     wait_for_dialect_policies(&client, ns).await;
 
     let cases = bad_manifests();
-    assert!(cases.len() >= 25, "the table must cover at least 25 bad manifests");
+    assert!(
+        cases.len() >= 25,
+        "the table must cover at least 25 bad manifests"
+    );
     let mut failures = Vec::new();
     for case in cases {
         match rejection_message(create(&client, ns, case.object.clone()).await) {
@@ -221,13 +543,20 @@ async fn bad_manifests_are_rejected_with_a_message_naming_the_field() {
     for case in bad_updates() {
         apply(&client, ns, case.object.clone())
             .await
-            .unwrap_or_else(|e| panic!("{}: the valid starting object was rejected: {e}", case.what));
+            .unwrap_or_else(|e| {
+                panic!("{}: the valid starting object was rejected: {e}", case.what)
+            });
         match rejection_message(merge_patch(&client, ns, &case.object, case.patch).await) {
             Ok(message) => check_message(case.what, &message, case.expect, &mut failures),
             Err(problem) => failures.push(format!("{}: {problem}", case.what)),
         }
     }
-    assert!(failures.is_empty(), "{} bad manifests were not rejected as expected:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} bad manifests were not rejected as expected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// ValidatingAdmissionPolicies take effect a moment after they are created; wait until the dialect rule
@@ -243,11 +572,21 @@ async fn wait_for_dialect_policies(client: &kube::Client, ns: Option<&str>) {
             Err(kube::Error::Api(status)) if status.message.contains("spec.clientId") => return,
             Err(other) => panic!("probe failed for another reason: {other}"),
             Ok(_) => {
-                let api = api_for(client, &kube::core::GroupVersionKind::gvk("smart.fhir.dev", "v1alpha1", "SmartClient"), ns).await;
-                api.delete("policy-probe", &Default::default()).await.unwrap();
+                let api = api_for(
+                    client,
+                    &kube::core::GroupVersionKind::gvk("smart.fhir.dev", "v1alpha1", "SmartClient"),
+                    ns,
+                )
+                .await;
+                api.delete("policy-probe", &Default::default())
+                    .await
+                    .unwrap();
             }
         }
-        assert!(std::time::Instant::now() < deadline, "the dialect admission policy never took effect");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dialect admission policy never took effect"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
@@ -258,18 +597,52 @@ async fn valid_edge_cases_are_accepted() {
     install_crds(&client).await;
     let ns = fresh_namespace(&client, "good-manifests").await;
     let ns = Some(ns.as_str());
-    apply(&client, ns, server("legacy", "S4SLegacy")).await.unwrap();
+    apply(&client, ns, server("legacy", "S4SLegacy"))
+        .await
+        .unwrap();
     let good = [
-        smart_client("g1", |s| s["scopes"] = json!(["patient/Observation.cruds", "user/*.rs", "system/Patient.r", "patient/*.*", "user/Encounter.write"])),
-        smart_client("g2", |s| s["scopes"] = json!(["patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"])),
-        smart_client("g3", |s| s["redirectUris"] = json!(["http://localhost:8080/cb", "http://127.0.0.1/cb", "http://[::1]:9000/cb"])),
-        smart_client("g4", |s| { s.as_object_mut().unwrap().remove("redirectUris"); s["grantTypes"] = json!(["client_credentials"]); }),
+        smart_client("g1", |s| {
+            s["scopes"] = json!([
+                "patient/Observation.cruds",
+                "user/*.rs",
+                "system/Patient.r",
+                "patient/*.*",
+                "user/Encounter.write"
+            ])
+        }),
+        smart_client("g2", |s| {
+            s["scopes"] = json!([
+                "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
+            ])
+        }),
+        smart_client("g3", |s| {
+            s["redirectUris"] = json!([
+                "http://localhost:8080/cb",
+                "http://127.0.0.1/cb",
+                "http://[::1]:9000/cb"
+            ])
+        }),
+        smart_client("g4", |s| {
+            s.as_object_mut().unwrap().remove("redirectUris");
+            s["grantTypes"] = json!(["client_credentials"]);
+        }),
         smart_client("g5", |s| s["clientId"] = json!("chosen-by-me_1.0~x")),
-        smart_client("g6", |s| s["debugTokens"] = json!([{"name": "short", "user": "u", "lifetime": "3s", "refreshBefore": "1s"}])),
-        smart_client("g7", |s| s["secret"] = json!({"keys": {"client_id": "client_secret", "client_secret": "OAUTH_CLIENT_SECRET"}})),
+        smart_client(
+            "g6",
+            |s| {
+                s["debugTokens"] =
+                    json!([{"name": "short", "user": "u", "lifetime": "3s", "refreshBefore": "1s"}])
+            },
+        ),
+        smart_client(
+            "g7",
+            |s| s["secret"] = json!({"keys": {"client_id": "client_secret", "client_secret": "OAUTH_CLIENT_SECRET"}}),
+        ),
     ];
     for object in good {
         let name = object["metadata"]["name"].clone();
-        create(&client, ns, object).await.unwrap_or_else(|e| panic!("{name} was rejected: {e}"));
+        create(&client, ns, object)
+            .await
+            .unwrap_or_else(|e| panic!("{name} was rejected: {e}"));
     }
 }

@@ -23,7 +23,10 @@ pub struct PolicyWithBinding {
 /// Every ValidatingAdmissionPolicy of this operator with its binding.
 pub fn all_policies() -> Vec<PolicyWithBinding> {
     vec![
-        dialect_policy(&SmartAuthServer::kind(&()), "smartclient-dialect.smart.fhir.dev"),
+        dialect_policy(
+            &SmartAuthServer::kind(&()),
+            "smartclient-dialect.smart.fhir.dev",
+        ),
         dialect_policy(
             &ClusterSmartAuthServer::kind(&()),
             "smartclient-cluster-dialect.smart.fhir.dev",

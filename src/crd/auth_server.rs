@@ -152,8 +152,16 @@ pub struct TlsConfig {
     doc = "An OAuth authorization server that SmartClients of this namespace can be registered with.",
     printcolumn(name = "Dialect", type_ = "string", json_path = ".spec.dialect"),
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.fhirBaseUrl"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SmartAuthServerSpec {
@@ -173,8 +181,16 @@ pub struct SmartAuthServerSpec {
     doc = "A cluster-wide OAuth authorization server that SmartClients of the namespaces it admits can be registered with.",
     printcolumn(name = "Dialect", type_ = "string", json_path = ".spec.dialect"),
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.fhirBaseUrl"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSmartAuthServerSpec {

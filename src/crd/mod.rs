@@ -4,6 +4,9 @@
 //! schemas generated from these types; validation that needs a second object (the auth server's dialect)
 //! lives in the ValidatingAdmissionPolicies of [`admission`].
 
+// kube's `printcolumn(...)` attributes repeat `type_ = "string"`, which this lint mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod admission;
 mod auth_server;
 pub mod schema;
@@ -11,14 +14,13 @@ mod smart_client;
 
 pub use auth_server::{
     AuthServerCredentials, AuthServerSpec, AuthServerStatus, ClusterSmartAuthServer,
-    ClusterSmartAuthServerSpec, DiscoveredEndpoints, Dialect, EndpointOverrides, SmartAuthServer,
+    ClusterSmartAuthServerSpec, Dialect, DiscoveredEndpoints, EndpointOverrides, SmartAuthServer,
     TlsConfig,
 };
 pub use smart_client::{
-    DEFAULT_SECRET_KEYS, RESERVED_METADATA_FIELDS,
-    AuthServerKind, AuthServerRef, DebugToken, DebugTokenStatus, DeletionPolicy, GrantType,
-    OrphanedClient, RetryStatus, SecretKeys, SecretSpec, SmartClient, SmartClientSpec, SmartClientStatus,
-    TokenEndpointAuthMethod,
+    AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
+    DeletionPolicy, GrantType, OrphanedClient, RESERVED_METADATA_FIELDS, RetryStatus, SecretKeys,
+    SecretSpec, SmartClient, SmartClientSpec, SmartClientStatus, TokenEndpointAuthMethod,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -22,13 +22,15 @@ pub const SMART_STANDALONE_SCOPES: &[&str] = &[
 ];
 
 /// SMART v1 resource scope: `patient/Observation.read`, `user/*.*`.
-const SMART_V1_RESOURCE_SCOPE: &str = "^(patient|user|system)/([A-Z][A-Za-z]*|[*])[.](read|write|[*])$";
+const SMART_V1_RESOURCE_SCOPE: &str =
+    "^(patient|user|system)/([A-Z][A-Za-z]*|[*])[.](read|write|[*])$";
 /// SMART v2 resource scope: permissions are a non-empty subsequence of `cruds`, in that order, with an
 /// optional query that narrows them (`patient/Observation.rs?category=laboratory`).
 const SMART_V2_RESOURCE_SCOPE: &str =
     "^(patient|user|system)/([A-Z][A-Za-z]*|[*])[.](cr?u?d?s?|ru?d?s?|ud?s?|ds?|s)([?][!-~]+)?$";
 /// Looks like a v2 scope whose permission letters are valid but out of order or repeated.
-const SMART_V2_LETTERS_ANY_ORDER: &str = "^(patient|user|system)/([A-Z][A-Za-z]*|[*])[.][cruds]+([?].*)?$";
+const SMART_V2_LETTERS_ANY_ORDER: &str =
+    "^(patient|user|system)/([A-Z][A-Za-z]*|[*])[.][cruds]+([?].*)?$";
 
 /// Longest scope accepted; v2 queries can carry a coding system URL.
 pub const MAX_SCOPE_LENGTH: u32 = 256;

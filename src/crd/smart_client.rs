@@ -50,11 +50,23 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     shortname = "smc",
     category = "smart",
     doc = "An OAuth client registered with a SMART on FHIR auth server; credentials are kept in a Secret.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Server", type_ = "string", json_path = ".spec.authServerRef.name"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Server",
+        type_ = "string",
+        json_path = ".spec.authServerRef.name"
+    ),
     printcolumn(name = "Client ID", type_ = "string", json_path = ".status.clientId"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.redirectUris) || (has(self.grantTypes) && !self.grantTypes.exists(g, g in ['authorization_code', 'implicit']))")
@@ -173,7 +185,10 @@ pub struct AuthServerRef {
     #[serde(default)]
     pub kind: AuthServerKind,
     /// Name of the auth server resource.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
 }
 
@@ -330,7 +345,10 @@ const SECRET_KEYS_UNIQUE_RULE: &str = "[\
     .reason(Reason::FieldValueInvalid))]
 pub struct DebugToken {
     /// Name of the token; prefixes its Secret keys (`<name>_access_token`, ...). Unique per client.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// User the token is issued for (S4S `username`, S4SLegacy `user`), e.g. `daniel-adams`.
     #[schemars(length(min = 1, max = 128))]

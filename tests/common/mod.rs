@@ -66,7 +66,10 @@ pub async fn install_crds(client: &Client) {
         .collect();
     // CRDs first: the policies' paramKind refers to them.
     let (policies, crds): (Vec<_>, Vec<_>) = files.into_iter().partition(|p| {
-        p.file_name().unwrap().to_string_lossy().starts_with("validatingadmissionpolicy-")
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("validatingadmissionpolicy-")
     });
     for file in crds.iter().chain(&policies) {
         for doc in read_yaml_file(file) {
@@ -97,7 +100,11 @@ async fn wait_until_established(client: &Client) {
 }
 
 /// The API of a GVK as the apiserver's discovery sees it (so a CRD that is not served fails here).
-pub async fn api_for(client: &Client, gvk: &GroupVersionKind, namespace: Option<&str>) -> Api<DynamicObject> {
+pub async fn api_for(
+    client: &Client,
+    gvk: &GroupVersionKind,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
     let discovery = Discovery::new(client.clone())
         .filter(&[gvk.group.as_str()])
         .run()
@@ -106,10 +113,20 @@ pub async fn api_for(client: &Client, gvk: &GroupVersionKind, namespace: Option<
     let (resource, capabilities) = discovery
         .resolve_gvk(gvk)
         .unwrap_or_else(|| panic!("the apiserver does not serve {gvk:?}"));
-    dynamic_api(client, &resource, capabilities.scope == Scope::Namespaced, namespace)
+    dynamic_api(
+        client,
+        &resource,
+        capabilities.scope == Scope::Namespaced,
+        namespace,
+    )
 }
 
-fn dynamic_api(client: &Client, resource: &ApiResource, namespaced: bool, namespace: Option<&str>) -> Api<DynamicObject> {
+fn dynamic_api(
+    client: &Client,
+    resource: &ApiResource,
+    namespaced: bool,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
     match (namespaced, namespace) {
         (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, resource),
         (true, None) => Api::default_namespaced_with(client.clone(), resource),
@@ -125,17 +142,32 @@ fn gvk_of(doc: &Value) -> GroupVersionKind {
 }
 
 /// Server-side applies one object (into `namespace` when it is namespaced).
-pub async fn apply(client: &Client, namespace: Option<&str>, doc: Value) -> Result<DynamicObject, kube::Error> {
+pub async fn apply(
+    client: &Client,
+    namespace: Option<&str>,
+    doc: Value,
+) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, &gvk_of(&doc), namespace).await;
-    let name = doc["metadata"]["name"].as_str().expect("metadata.name").to_owned();
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .expect("metadata.name")
+        .to_owned();
     let object: DynamicObject = serde_json::from_value(doc).expect("a Kubernetes object");
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
-        .await
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
 }
 
 /// Creates one object (into `namespace` when it is namespaced) the way `kubectl create` does: a POST
 /// with strict field validation, so unknown fields are errors rather than silently pruned.
-pub async fn create(client: &Client, namespace: Option<&str>, doc: Value) -> Result<DynamicObject, kube::Error> {
+pub async fn create(
+    client: &Client,
+    namespace: Option<&str>,
+    doc: Value,
+) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, &gvk_of(&doc), namespace).await;
     let body = serde_json::to_vec(&doc).expect("JSON");
     let mut request = kube::core::Request::new(api.resource_url())
@@ -147,10 +179,16 @@ pub async fn create(client: &Client, namespace: Option<&str>, doc: Value) -> Res
 }
 
 /// Replaces one existing object's spec with a JSON merge patch.
-pub async fn merge_patch(client: &Client, namespace: Option<&str>, doc: &Value, patch: Value) -> Result<DynamicObject, kube::Error> {
+pub async fn merge_patch(
+    client: &Client,
+    namespace: Option<&str>,
+    doc: &Value,
+    patch: Value,
+) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, &gvk_of(doc), namespace).await;
     let name = doc["metadata"]["name"].as_str().expect("metadata.name");
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
 }
 
 static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -163,8 +201,12 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
         NAMESPACE_COUNTER.fetch_add(1, Ordering::SeqCst)
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     name
 }
 
@@ -173,7 +215,9 @@ pub fn run_tool(program: &str, args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (is the control plane's bin dir on PATH?): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (is the control plane's bin dir on PATH?): {e}")
+        });
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

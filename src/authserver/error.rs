@@ -1,0 +1,129 @@
+//! What can go wrong when talking to an auth server, classified so the controller knows what to do.
+
+use std::time::Duration;
+
+/// How the controller should react to an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient (network, timeouts, 5xx, 429): back off and try again.
+    Retryable,
+    /// The request itself is wrong (invalid metadata, refused by policy, unsupported operation): report it
+    /// and wait for the spec to change.
+    User,
+    /// A credential is no longer accepted (initial access token used up or expired, stale registration
+    /// access token, client gone): needs a new credential or a re-registration.
+    Credential,
+}
+
+/// An error from an auth server call. Messages never contain credentials: bodies are redacted of every
+/// secret sent in the request and cut short before they get here.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthServerError {
+    #[error("cannot reach the auth server at {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+
+    #[error("the auth server at {endpoint} did not answer in time")]
+    Timeout { endpoint: String },
+
+    #[error("the auth server answered HTTP {status} at {endpoint}: {detail}")]
+    ServerError {
+        endpoint: String,
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+
+    #[error("the auth server rejected the client metadata (HTTP {status}, {error}): {description}")]
+    InvalidMetadata {
+        status: u16,
+        error: String,
+        description: String,
+    },
+
+    #[error("the auth server's policy refused the request (HTTP {status}, {error}): {description}")]
+    PolicyRejected {
+        status: u16,
+        error: String,
+        description: String,
+    },
+
+    #[error(
+        "the initial access token was rejected (HTTP {status}): it is expired, used up or wrong; put a new one in the auth server's credentials Secret"
+    )]
+    InitialAccessTokenRejected { status: u16 },
+
+    #[error(
+        "the registration access token was rejected (HTTP {status}): it is stale or the client was deleted on the server"
+    )]
+    RegistrationAccessTokenRejected { status: u16 },
+
+    #[error("the client no longer exists on the auth server")]
+    ClientGone,
+
+    #[error("the auth server's answer at {endpoint} could not be understood: {detail}")]
+    Protocol { endpoint: String, detail: String },
+
+    #[error("the {dialect} dialect cannot {operation}")]
+    Unsupported {
+        dialect: &'static str,
+        operation: &'static str,
+    },
+
+    #[error("discovery failed: {detail}")]
+    Discovery { detail: String },
+
+    #[error("invalid auth server configuration: {detail}")]
+    Configuration { detail: String },
+}
+
+impl AuthServerError {
+    pub fn class(&self) -> ErrorClass {
+        use AuthServerError::*;
+        match self {
+            Unreachable { .. } | Timeout { .. } | ServerError { .. } | Protocol { .. } => {
+                ErrorClass::Retryable
+            }
+            // Discovery documents are fetched over the network; a broken one is usually a server
+            // mid-deploy, so it is retried like any other transient failure.
+            Discovery { .. } => ErrorClass::Retryable,
+            InvalidMetadata { .. }
+            | PolicyRejected { .. }
+            | Unsupported { .. }
+            | Configuration { .. } => ErrorClass::User,
+            InitialAccessTokenRejected { .. }
+            | RegistrationAccessTokenRejected { .. }
+            | ClientGone => ErrorClass::Credential,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
+    }
+
+    /// PascalCase reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        use AuthServerError::*;
+        match self {
+            Unreachable { .. } => "AuthServerUnreachable",
+            Timeout { .. } => "AuthServerTimeout",
+            ServerError { .. } => "AuthServerError",
+            InvalidMetadata { .. } => "InvalidClientMetadata",
+            PolicyRejected { .. } => "RejectedByPolicy",
+            InitialAccessTokenRejected { .. } => "InitialAccessTokenRejected",
+            RegistrationAccessTokenRejected { .. } => "RegistrationAccessTokenRejected",
+            ClientGone => "ClientGone",
+            Protocol { .. } => "AuthServerProtocolError",
+            Unsupported { .. } => "UnsupportedByDialect",
+            Discovery { .. } => "DiscoveryFailed",
+            Configuration { .. } => "InvalidAuthServerConfiguration",
+        }
+    }
+
+    /// How long the server asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AuthServerError::ServerError { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}

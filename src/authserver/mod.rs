@@ -1,0 +1,288 @@
+//! Clients for the auth servers SmartClients are registered with: one trait, one implementation per
+//! dialect, discovery, and the HTTP layer they share.
+//!
+//! Every call returns a typed answer or an [`AuthServerError`] that says whether to retry, report a user
+//! error, or get a new credential. Every answer that carries a new credential (client secret, rotated
+//! registration access token) hands it back so the caller can persist it before its next call.
+
+mod discovery;
+mod error;
+pub mod http;
+mod rfc7591;
+mod s4s;
+mod s4s_legacy;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use secrecy::SecretString;
+
+pub use discovery::{ServerEndpoints, discover};
+pub use error::{AuthServerError, ErrorClass};
+pub use http::{HttpClient, HttpSettings};
+pub use rfc7591::Rfc7591Client;
+pub use s4s::S4sClient;
+pub use s4s_legacy::S4sLegacyClient;
+
+use crate::crd::Dialect;
+
+/// The client metadata the operator asks a server to register (RFC 7591 names).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientMetadata {
+    pub client_name: String,
+    pub redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
+    pub grant_types: Vec<String>,
+    pub response_types: Vec<String>,
+    pub token_endpoint_auth_method: String,
+    pub logo_uri: Option<String>,
+    pub contacts: Vec<String>,
+    /// Further metadata passed through as-is (RFC7591 only).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// An existing registration and the credentials to manage it.
+#[derive(Clone, Debug)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub registration_access_token: Option<SecretString>,
+    pub registration_client_uri: Option<String>,
+}
+
+/// What a server answered to a registration, read or update. Persist every credential in it before the
+/// next call: a rotated registration access token is the only valid one from now on.
+#[derive(Clone, Debug)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub registration_access_token: Option<SecretString>,
+    pub registration_client_uri: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub client_id_issued_at: Option<i64>,
+    /// Scopes the server granted, when it said; may be fewer than requested.
+    pub granted_scopes: Option<Vec<String>>,
+}
+
+/// A debug token to mint for a test user (Sync-for-Science debug API).
+#[derive(Clone, Debug)]
+pub struct DebugTokenRequest {
+    pub user: String,
+    pub patient_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub lifetime: Duration,
+}
+
+/// A minted debug token.
+#[derive(Clone, Debug)]
+pub struct DebugTokenGrant {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+}
+
+/// What introspection says about a token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenInfo {
+    pub active: bool,
+    pub expires_at: Option<SystemTime>,
+    pub scopes: Vec<String>,
+}
+
+/// Answer of the side-effect-free "does this client still exist" probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existence {
+    Exists,
+    Gone,
+}
+
+/// What every dialect offers. Operations a dialect lacks answer [`AuthServerError::Unsupported`].
+pub trait AuthServer {
+    /// Registers a new client. `chosen` carries the caller-chosen id and secret where the dialect lets
+    /// the caller choose (S4SLegacy); other dialects ignore it.
+    fn register(
+        &self,
+        metadata: &ClientMetadata,
+        chosen: Option<&ClientCredentials>,
+    ) -> impl Future<Output = Result<RegisteredClient, AuthServerError>> + Send;
+
+    /// Reads a registration (RFC 7592 GET).
+    fn read(
+        &self,
+        client: &ClientCredentials,
+    ) -> impl Future<Output = Result<RegisteredClient, AuthServerError>> + Send;
+
+    /// Replaces a registration's metadata (RFC 7592 PUT).
+    fn update(
+        &self,
+        client: &ClientCredentials,
+        metadata: &ClientMetadata,
+    ) -> impl Future<Output = Result<RegisteredClient, AuthServerError>> + Send;
+
+    /// Deletes a registration (RFC 7592 DELETE). A client that is already gone is success.
+    fn delete(
+        &self,
+        client: &ClientCredentials,
+    ) -> impl Future<Output = Result<(), AuthServerError>> + Send;
+
+    /// Mints an access token for a test user.
+    fn mint_debug_token(
+        &self,
+        client: &ClientCredentials,
+        request: &DebugTokenRequest,
+    ) -> impl Future<Output = Result<DebugTokenGrant, AuthServerError>> + Send;
+
+    /// Tells whether a token is active and when it expires.
+    fn introspect(
+        &self,
+        access_token: &SecretString,
+    ) -> impl Future<Output = Result<TokenInfo, AuthServerError>> + Send;
+
+    /// Tells whether the client still exists, without side effects.
+    fn probe(
+        &self,
+        client: &ClientCredentials,
+    ) -> impl Future<Output = Result<Existence, AuthServerError>> + Send;
+}
+
+/// A client for any dialect: what the controller holds per auth server.
+#[derive(Clone, Debug)]
+pub enum AuthServerClient {
+    Rfc7591(Rfc7591Client),
+    S4s(S4sClient),
+    S4sLegacy(S4sLegacyClient),
+}
+
+impl AuthServerClient {
+    /// Builds the client for `dialect` from discovered endpoints.
+    pub fn new(
+        dialect: Dialect,
+        http: HttpClient,
+        endpoints: &ServerEndpoints,
+        initial_access_token: Option<SecretString>,
+    ) -> Result<Self, AuthServerError> {
+        Ok(match dialect {
+            Dialect::Rfc7591 => {
+                Self::Rfc7591(Rfc7591Client::new(http, endpoints, initial_access_token)?)
+            }
+            Dialect::S4s => Self::S4s(S4sClient::new(http, endpoints)?),
+            Dialect::S4sLegacy => Self::S4sLegacy(S4sLegacyClient::new(http, endpoints)?),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Rfc7591(_) => Dialect::Rfc7591,
+            Self::S4s(_) => Dialect::S4s,
+            Self::S4sLegacy(_) => Dialect::S4sLegacy,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $client:ident => $call:expr) => {
+        match $self {
+            AuthServerClient::Rfc7591($client) => $call.await,
+            AuthServerClient::S4s($client) => $call.await,
+            AuthServerClient::S4sLegacy($client) => $call.await,
+        }
+    };
+}
+
+impl AuthServer for AuthServerClient {
+    async fn register(
+        &self,
+        metadata: &ClientMetadata,
+        chosen: Option<&ClientCredentials>,
+    ) -> Result<RegisteredClient, AuthServerError> {
+        dispatch!(self, c => c.register(metadata, chosen))
+    }
+
+    async fn read(&self, client: &ClientCredentials) -> Result<RegisteredClient, AuthServerError> {
+        dispatch!(self, c => c.read(client))
+    }
+
+    async fn update(
+        &self,
+        client: &ClientCredentials,
+        metadata: &ClientMetadata,
+    ) -> Result<RegisteredClient, AuthServerError> {
+        dispatch!(self, c => c.update(client, metadata))
+    }
+
+    async fn delete(&self, client: &ClientCredentials) -> Result<(), AuthServerError> {
+        dispatch!(self, c => c.delete(client))
+    }
+
+    async fn mint_debug_token(
+        &self,
+        client: &ClientCredentials,
+        request: &DebugTokenRequest,
+    ) -> Result<DebugTokenGrant, AuthServerError> {
+        dispatch!(self, c => c.mint_debug_token(client, request))
+    }
+
+    async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {
+        dispatch!(self, c => c.introspect(access_token))
+    }
+
+    async fn probe(&self, client: &ClientCredentials) -> Result<Existence, AuthServerError> {
+        dispatch!(self, c => c.probe(client))
+    }
+}
+
+/// Splits a space-separated OAuth scope string.
+pub fn split_scopes(scope: &str) -> Vec<String> {
+    scope.split_whitespace().map(str::to_owned).collect()
+}
+
+/// A required endpoint, or a configuration error naming it.
+fn required_endpoint(endpoint: &Option<String>, name: &str) -> Result<String, AuthServerError> {
+    endpoint
+        .clone()
+        .ok_or_else(|| AuthServerError::Configuration {
+            detail: format!(
+                "no {name} endpoint: discovery did not find one and spec.endpoints does not set it"
+            ),
+        })
+}
+
+/// The side-effect-free existence probe (api.md, "Dialects"): a refresh grant with a random refresh
+/// token and the client's own credentials. `invalid_client` (401) means the server does not know the
+/// client; `invalid_grant` (400) means it authenticated the client and only refused the made-up token.
+async fn probe_with_refresh_grant(
+    http: &HttpClient,
+    token_endpoint: &str,
+    client: &ClientCredentials,
+) -> Result<Existence, AuthServerError> {
+    use secrecy::ExposeSecret;
+    let secret = client
+        .client_secret
+        .as_ref()
+        .map(|s| s.expose_secret().to_owned());
+    let made_up_refresh_token = format!("probe-{}", uuid::Uuid::new_v4());
+    let redactor = http::Redactor::new().with(client.client_secret.as_ref());
+    let request = http
+        .post(token_endpoint)
+        .basic_auth(&client.client_id, secret)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", made_up_refresh_token.as_str()),
+        ]);
+    let answer = http.send(request, token_endpoint, &redactor).await?;
+    if let Some(transient) = http::transient_error(&answer, token_endpoint, &redactor) {
+        return Err(transient);
+    }
+    let body = http::OAuthErrorBody::parse(&answer.body, &redactor);
+    match (answer.status.as_u16(), body.error.as_str()) {
+        (401, _) | (400, "invalid_client") => Ok(Existence::Gone),
+        (400, _) => Ok(Existence::Exists),
+        (status, _) => Err(AuthServerError::Protocol {
+            endpoint: token_endpoint.to_owned(),
+            detail: format!(
+                "the existence probe expected HTTP 400 or 401, got {status}: {}",
+                redactor.excerpt(&answer.body)
+            ),
+        }),
+    }
+}

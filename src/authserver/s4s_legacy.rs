@@ -1,0 +1,204 @@
+//! The Sync-for-Science "SMART Example Server": form-encoded registration with a caller-chosen id and
+//! secret, the debug-token API, and no update or delete.
+
+use std::time::SystemTime;
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::http::{HttpClient, Redactor, decode_json};
+use super::s4s::{TokenAnswer, parse_expiry, required, s4s_failure, unix_seconds};
+use super::{
+    AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
+    DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
+    probe_with_refresh_grant, required_endpoint,
+};
+
+#[derive(Clone, Debug)]
+pub struct S4sLegacyClient {
+    http: HttpClient,
+    registration_endpoint: String,
+    token_endpoint: Option<String>,
+    debug_token_endpoint: Option<String>,
+    debug_introspect_endpoint: Option<String>,
+}
+
+impl S4sLegacyClient {
+    pub fn new(http: HttpClient, endpoints: &ServerEndpoints) -> Result<Self, AuthServerError> {
+        Ok(Self {
+            http,
+            registration_endpoint: required_endpoint(&endpoints.registration, "registration")?,
+            token_endpoint: endpoints.token.clone(),
+            debug_token_endpoint: endpoints.debug_token.clone(),
+            debug_introspect_endpoint: endpoints.debug_introspect.clone(),
+        })
+    }
+}
+
+impl AuthServer for S4sLegacyClient {
+    /// The caller's id and secret must already be persisted: the server answers a second registration
+    /// of the same id with HTTP 500, and the probe below then tells "already ours" from a real failure.
+    async fn register(
+        &self,
+        metadata: &ClientMetadata,
+        chosen: Option<&ClientCredentials>,
+    ) -> Result<RegisteredClient, AuthServerError> {
+        let chosen = chosen.ok_or_else(|| AuthServerError::Configuration {
+            detail: "S4SLegacy registration needs a caller-chosen client id and secret".to_owned(),
+        })?;
+        let secret =
+            chosen
+                .client_secret
+                .as_ref()
+                .ok_or_else(|| AuthServerError::Configuration {
+                    detail: "S4SLegacy registration needs a caller-chosen client secret".to_owned(),
+                })?;
+        let endpoint = self.registration_endpoint.as_str();
+        let redactor = Redactor::new().with(Some(secret));
+        let form = [
+            ("client_id", chosen.client_id.as_str()),
+            ("client_secret", secret.expose_secret()),
+            ("client_name", metadata.client_name.as_str()),
+            ("redirect_uris", &metadata.redirect_uris.join(" ")),
+            ("scopes", &metadata.scopes.join(" ")),
+        ];
+        let answer = self
+            .http
+            .send(self.http.post(endpoint).form(&form), endpoint, &redactor)
+            .await?;
+        let registered = || RegisteredClient {
+            client_id: chosen.client_id.clone(),
+            client_secret: Some(secret.clone()),
+            registration_access_token: None,
+            registration_client_uri: None,
+            client_id_issued_at: Some(unix_seconds(SystemTime::now()) as i64),
+            granted_scopes: None,
+        };
+        if answer.status.is_success() {
+            let body: Value = decode_json(&answer, endpoint, &redactor)?;
+            let mut client = registered();
+            client.granted_scopes = body["default_scopes"].as_array().map(|scopes| {
+                scopes
+                    .iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            });
+            return Ok(client);
+        }
+        if answer.status == StatusCode::INTERNAL_SERVER_ERROR
+            && self.token_endpoint.is_some()
+            && self.probe(chosen).await? == Existence::Exists
+        {
+            // Our id and our secret are already registered: an earlier attempt got through.
+            return Ok(registered());
+        }
+        Err(s4s_failure(
+            answer.status,
+            &answer.body,
+            endpoint,
+            &redactor,
+            &answer,
+        ))
+    }
+
+    async fn read(&self, _client: &ClientCredentials) -> Result<RegisteredClient, AuthServerError> {
+        Err(AuthServerError::Unsupported {
+            dialect: "S4SLegacy",
+            operation: "read a registration",
+        })
+    }
+
+    async fn update(
+        &self,
+        _client: &ClientCredentials,
+        _metadata: &ClientMetadata,
+    ) -> Result<RegisteredClient, AuthServerError> {
+        Err(AuthServerError::Unsupported {
+            dialect: "S4SLegacy",
+            operation: "update a registration",
+        })
+    }
+
+    async fn delete(&self, _client: &ClientCredentials) -> Result<(), AuthServerError> {
+        Err(AuthServerError::Unsupported {
+            dialect: "S4SLegacy",
+            operation: "delete a registration",
+        })
+    }
+
+    /// `expires` is both the approval's expiry (a Unix timestamp) and the token's lifetime in seconds on
+    /// this server; a future timestamp keeps the approval valid. The real expiry comes from
+    /// introspection.
+    async fn mint_debug_token(
+        &self,
+        client: &ClientCredentials,
+        request: &DebugTokenRequest,
+    ) -> Result<DebugTokenGrant, AuthServerError> {
+        let endpoint = required(&self.debug_token_endpoint, "debug token")?;
+        let redactor = Redactor::new().with(client.client_secret.as_ref());
+        let body = json!({
+            "client_id": client.client_id,
+            "expires": unix_seconds(SystemTime::now() + request.lifetime),
+            "scopes": request.scopes.join(" "),
+            "user": request.user,
+            "patient_id": request.patient_id,
+        });
+        let answer = self
+            .http
+            .send(self.http.post(endpoint).json(&body), endpoint, &redactor)
+            .await?;
+        if answer.status.is_success() {
+            let token: TokenAnswer = decode_json(&answer, endpoint, &redactor)?;
+            return Ok(DebugTokenGrant {
+                access_token: token.access_token.into(),
+                refresh_token: token.refresh_token.map(SecretString::from),
+            });
+        }
+        Err(s4s_failure(
+            answer.status,
+            &answer.body,
+            endpoint,
+            &redactor,
+            &answer,
+        ))
+    }
+
+    async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {
+        let endpoint = required(&self.debug_introspect_endpoint, "debug introspection")?;
+        let redactor = Redactor::new().with(Some(access_token));
+        let request = self
+            .http
+            .get(endpoint)
+            .query(&[("access_token", access_token.expose_secret())]);
+        let answer = self.http.send(request, endpoint, &redactor).await?;
+        if !answer.status.is_success() {
+            return Err(s4s_failure(
+                answer.status,
+                &answer.body,
+                endpoint,
+                &redactor,
+                &answer,
+            ));
+        }
+        let info: Value = decode_json(&answer, endpoint, &redactor)?;
+        let expires_at = parse_expiry(&info["expires"]);
+        Ok(TokenInfo {
+            active: expires_at.is_some_and(|at| at > SystemTime::now()),
+            expires_at,
+            scopes: info["scopes"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn probe(&self, client: &ClientCredentials) -> Result<Existence, AuthServerError> {
+        let token_endpoint = required(&self.token_endpoint, "token")?;
+        probe_with_refresh_grant(&self.http, token_endpoint, client).await
+    }
+}
