@@ -38,21 +38,34 @@ async fn crds_install_and_become_established() {
 async fn kubectl_explain_shows_field_docs() {
     let client = client().await;
     install_crds(&client).await;
-    let (ok, out, err) = run_tool("kubectl", &["explain", "smartclient.spec.scopes"]);
-    assert!(ok, "kubectl explain failed: {err}");
+    // The apiserver publishes a new CRD's OpenAPI a moment after it is Established.
+    let out = kubectl_eventually(&["explain", "smartclient.spec.scopes"]).await;
     assert!(
         out.contains("SMART scopes to request"),
         "explain output lacks the doc comment:\n{out}"
     );
-    let (ok, out, err) = run_tool(
-        "kubectl",
-        &["explain", "clustersmartauthserver.spec.allowedNamespaces"],
-    );
-    assert!(ok, "kubectl explain failed: {err}");
+    let out =
+        kubectl_eventually(&["explain", "clustersmartauthserver.spec.allowedNamespaces"]).await;
     assert!(
         out.contains("AuthServerNotAllowed"),
         "explain output lacks the doc comment:\n{out}"
     );
+}
+
+/// Runs kubectl until it succeeds (30 s at most) and returns its stdout.
+async fn kubectl_eventually(args: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = run_tool("kubectl", args);
+        if ok {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl {args:?} kept failing: {err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test]
