@@ -183,14 +183,14 @@ impl AuthServer for S4sClient {
     ) -> Result<DebugTokenGrant, AuthServerError> {
         let endpoint = required(&self.debug_token_endpoint, "debug token")?;
         let redactor = Redactor::new().with(client.client_secret.as_ref());
-        let approval_expires = unix_seconds(SystemTime::now() + request.lifetime);
+        // approval_expires is left to the server (a year): it bounds the refresh token, which apps may
+        // use long after the access token's short lifetime.
         let body = json!({
             "client_id": client.client_id,
             "username": request.user,
             "patient_id": request.patient_id,
             "scope": request.scopes.join(" "),
             "access_lifetime": request.lifetime.as_secs(),
-            "approval_expires": approval_expires,
         });
         let answer = self
             .http
@@ -230,7 +230,7 @@ impl AuthServer for S4sClient {
             ));
         }
         let info: Value = decode_json(&answer, endpoint, &redactor)?;
-        let expires_at = ["exp", "expires", "expires_at"]
+        let expires_at = ["access_expires", "exp", "expires"]
             .iter()
             .find_map(|f| parse_expiry(&info[*f]));
         Ok(TokenInfo {

@@ -449,7 +449,7 @@ pub struct OrphanedClient {
 #[serde(rename_all = "camelCase")]
 pub struct RetryStatus {
     /// Consecutive failed attempts.
-    pub failures: u32,
+    pub failures: i32,
     /// Earliest time of the next attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Time>,

@@ -1,0 +1,11 @@
+//! The controllers: SmartClient (resolve → plan → apply → status) and the two auth server kinds.
+
+pub mod auth_server;
+pub mod conditions;
+pub mod desired;
+pub mod plan;
+pub mod reconcile;
+pub mod resolve;
+pub mod secret;
+
+pub use reconcile::{Context, Settings};

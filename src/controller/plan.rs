@@ -1,0 +1,347 @@
+//! What to do next for a SmartClient: a pure function of what it asks for, what its status says, what
+//! the operator knows and the time. Everything that talks to the network or the apiserver stays in
+//! `reconcile.rs` around it.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::secret::StoredCredentials;
+use crate::crd::{Dialect, SmartClientStatus, condition};
+
+/// Reasons of user errors: nothing is retried until the spec changes.
+pub const USER_ERROR_REASONS: &[&str] = &[
+    "InvalidClientMetadata",
+    "RejectedByPolicy",
+    "UnsupportedByDialect",
+    "InvalidSpec",
+    "CredentialsLost",
+];
+
+/// Inputs of [`plan_next_action`].
+pub struct PlanInput<'a> {
+    pub dialect: Dialect,
+    pub generation: i64,
+    pub desired_hash: &'a str,
+    pub status: &'a SmartClientStatus,
+    /// What the operator knows (memory, or the Secret read back after a restart).
+    pub credentials: Option<&'a StoredCredentials>,
+    pub secret_in_sync: bool,
+    /// Names of the debug tokens the spec asks for (empty for RFC7591).
+    pub debug_tokens: Vec<&'a str>,
+    pub now: Timestamp,
+    /// When the next "does the client still exist" probe is due.
+    pub next_existence_check: Timestamp,
+}
+
+/// The next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// First registration.
+    Register,
+    /// The server forgot the client (or the operator lost its credentials): register again.
+    ReRegister,
+    /// RFC7591: replace the registration's metadata in place (RFC 7592 PUT).
+    Update,
+    /// S4S dialects cannot update: register a new client and orphan the old one.
+    Replace,
+    /// Write the Secret from what the operator knows (it is missing, edited or stale).
+    WriteSecret,
+    /// Check that the server still knows the client.
+    ProbeExistence,
+    /// Mint the named debug token.
+    MintToken(String),
+    /// Healthy: nothing to do now; come back after the duration (None: only on a change).
+    Wait(Option<Duration>),
+    /// Backing off after failures: try again after the duration.
+    Backoff(Duration),
+    /// A user error at this generation: nothing happens until the spec changes.
+    AwaitSpecChange,
+}
+
+/// Decides the next step. Called again after each step until it answers `Wait`.
+pub fn plan_next_action(input: &PlanInput) -> Action {
+    let status = input.status;
+    if let Some(at) = status
+        .retry
+        .as_ref()
+        .and_then(|r| r.next_attempt_at.as_ref())
+        && at.0 > input.now
+    {
+        return Action::Backoff(until(input.now, at.0));
+    }
+    if blocked_by_user_error(status, input.generation) {
+        return Action::AwaitSpecChange;
+    }
+    let Some(credentials) = input.credentials else {
+        return if status.client_id.is_none() {
+            Action::Register
+        } else {
+            Action::ReRegister
+        };
+    };
+    if status.applied_metadata_hash.as_deref() != Some(input.desired_hash) {
+        return match input.dialect {
+            Dialect::Rfc7591 => Action::Update,
+            Dialect::S4s | Dialect::S4sLegacy => Action::Replace,
+        };
+    }
+    if !input.secret_in_sync {
+        return Action::WriteSecret;
+    }
+    if input.now >= input.next_existence_check {
+        return Action::ProbeExistence;
+    }
+    let mut next_wakeup = input.next_existence_check;
+    for name in &input.debug_tokens {
+        let refresh_at = status
+            .debug_tokens
+            .iter()
+            .find(|t| t.name == *name)
+            .and_then(|t| t.next_refresh_at.as_ref())
+            .map(|t| t.0);
+        match refresh_at {
+            Some(at) if credentials.tokens.contains_key(*name) && at > input.now => {
+                next_wakeup = next_wakeup.min(at);
+            }
+            _ => return Action::MintToken((*name).to_owned()),
+        }
+    }
+    Action::Wait(Some(until(input.now, next_wakeup)))
+}
+
+/// A user error at the current generation waits for the spec to change.
+pub fn blocked_by_user_error(status: &SmartClientStatus, generation: i64) -> bool {
+    status.conditions.iter().any(|c| {
+        c.type_ == condition::READY
+            && c.status == "False"
+            && USER_ERROR_REASONS.contains(&c.reason.as_str())
+            && c.observed_generation == Some(generation)
+    })
+}
+
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// When to re-mint a token that expires at `expires_at`: `refresh_before` earlier, and a further random
+/// part of up to 10% of its lifetime so that tokens minted together do not all renew together.
+pub fn refresh_due_at(
+    minted_at: Timestamp,
+    expires_at: Timestamp,
+    refresh_before: Duration,
+    jitter_fraction: f64,
+) -> Timestamp {
+    let lifetime =
+        Duration::try_from(expires_at.duration_since(minted_at)).unwrap_or(Duration::ZERO);
+    let jitter = lifetime.mul_f64(0.1 * jitter_fraction.clamp(0.0, 1.0));
+    let lead = refresh_before.saturating_add(jitter).min(lifetime);
+    expires_at
+        .checked_sub(lead)
+        .unwrap_or(minted_at)
+        .max(minted_at)
+}
+
+/// Exponential backoff with jitter and a cap: `base * 2^(failures-1)`, capped, then scaled by a random
+/// factor in [0.5, 1.0] (jitter_fraction in [0, 1]).
+pub fn backoff_delay(
+    failures: u32,
+    base: Duration,
+    cap: Duration,
+    jitter_fraction: f64,
+) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    let raw = base.saturating_mul(1u32 << exponent).min(cap);
+    raw.mul_f64(0.5 + 0.5 * jitter_fraction.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DebugTokenStatus, RetryStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use std::collections::BTreeMap;
+
+    fn now() -> Timestamp {
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    }
+
+    fn credentials(tokens: &[&str]) -> StoredCredentials {
+        StoredCredentials {
+            client_id: "id".into(),
+            client_secret: Some("secret".into()),
+            registration_access_token: None,
+            registration_client_uri: None,
+            tokens: tokens
+                .iter()
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        super::super::secret::StoredToken {
+                            access_token: "at".into(),
+                            refresh_token: None,
+                            expires_at: None,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn healthy_status() -> SmartClientStatus {
+        SmartClientStatus {
+            client_id: Some("id".into()),
+            applied_metadata_hash: Some("h1".into()),
+            ..Default::default()
+        }
+    }
+
+    fn input<'a>(
+        status: &'a SmartClientStatus,
+        credentials: Option<&'a StoredCredentials>,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            dialect: Dialect::Rfc7591,
+            generation: 1,
+            desired_hash: "h1",
+            status,
+            credentials,
+            secret_in_sync: true,
+            debug_tokens: vec![],
+            now: now(),
+            next_existence_check: now() + Duration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn a_new_client_is_registered() {
+        let status = SmartClientStatus::default();
+        assert_eq!(plan_next_action(&input(&status, None)), Action::Register);
+    }
+
+    #[test]
+    fn a_healthy_client_waits_for_the_next_existence_check() {
+        let status = healthy_status();
+        let creds = credentials(&[]);
+        assert_eq!(
+            plan_next_action(&input(&status, Some(&creds))),
+            Action::Wait(Some(Duration::from_secs(600)))
+        );
+    }
+
+    #[test]
+    fn a_metadata_change_updates_rfc7591_and_replaces_s4s() {
+        let status = healthy_status();
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        i.desired_hash = "h2";
+        assert_eq!(plan_next_action(&i), Action::Update);
+        i.dialect = Dialect::S4s;
+        assert_eq!(plan_next_action(&i), Action::Replace);
+    }
+
+    #[test]
+    fn lost_credentials_of_a_known_client_re_register() {
+        let status = healthy_status();
+        assert_eq!(plan_next_action(&input(&status, None)), Action::ReRegister);
+    }
+
+    #[test]
+    fn an_edited_secret_is_rewritten_before_anything_else_remote() {
+        let status = healthy_status();
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        i.secret_in_sync = false;
+        i.next_existence_check = now();
+        assert_eq!(plan_next_action(&i), Action::WriteSecret);
+    }
+
+    #[test]
+    fn tokens_are_minted_when_missing_or_due_and_waited_for_otherwise() {
+        let mut status = healthy_status();
+        let creds = credentials(&["a"]);
+        let mut i = input(&status, Some(&creds));
+        i.debug_tokens = vec!["a", "b"];
+        assert_eq!(
+            plan_next_action(&i),
+            Action::MintToken("a".into()),
+            "no status yet for a"
+        );
+        status.debug_tokens = vec![DebugTokenStatus {
+            name: "a".into(),
+            expires_at: None,
+            next_refresh_at: Some(Time(now() + Duration::from_secs(30))),
+        }];
+        let mut i = input(&status, Some(&creds));
+        i.debug_tokens = vec!["a", "b"];
+        assert_eq!(
+            plan_next_action(&i),
+            Action::MintToken("b".into()),
+            "b is not in the Secret"
+        );
+        i.debug_tokens = vec!["a"];
+        assert_eq!(
+            plan_next_action(&i),
+            Action::Wait(Some(Duration::from_secs(30)))
+        );
+    }
+
+    #[test]
+    fn backoff_in_status_is_respected() {
+        let mut status = healthy_status();
+        status.retry = Some(RetryStatus {
+            failures: 3,
+            next_attempt_at: Some(Time(now() + Duration::from_secs(40))),
+        });
+        let creds = credentials(&[]);
+        assert_eq!(
+            plan_next_action(&input(&status, Some(&creds))),
+            Action::Backoff(Duration::from_secs(40))
+        );
+    }
+
+    #[test]
+    fn user_errors_wait_for_a_new_generation() {
+        let mut status = SmartClientStatus::default();
+        status.conditions.push(Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "InvalidClientMetadata".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(now()),
+        });
+        assert_eq!(
+            plan_next_action(&input(&status, None)),
+            Action::AwaitSpecChange
+        );
+        let mut i = input(&status, None);
+        i.generation = 2;
+        assert_eq!(plan_next_action(&i), Action::Register);
+    }
+
+    #[test]
+    fn refresh_is_due_before_expiry_with_bounded_jitter() {
+        let minted = now();
+        let expires = now() + Duration::from_secs(100);
+        let early = refresh_due_at(minted, expires, Duration::from_secs(20), 1.0);
+        let late = refresh_due_at(minted, expires, Duration::from_secs(20), 0.0);
+        assert_eq!(late, now() + Duration::from_secs(80));
+        assert_eq!(early, now() + Duration::from_secs(70));
+        // refreshBefore longer than the lifetime: renew right away, never before minting.
+        assert_eq!(
+            refresh_due_at(minted, expires, Duration::from_secs(500), 0.5),
+            minted
+        );
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_up_to_the_cap() {
+        let base = Duration::from_secs(2);
+        let cap = Duration::from_secs(60);
+        assert_eq!(backoff_delay(1, base, cap, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff_delay(3, base, cap, 1.0), Duration::from_secs(8));
+        assert_eq!(backoff_delay(3, base, cap, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff_delay(30, base, cap, 1.0), cap);
+    }
+}

@@ -1,0 +1,1201 @@
+//! The SmartClient reconciler: resolve (I/O) → plan (pure) → apply (I/O) → status, step by step until
+//! the plan says wait. Every credential a server returns is written to the Secret before the next remote
+//! call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::conditions::set_condition;
+use super::desired::{
+    desired_metadata, generate_client_secret, metadata_hash, s4s_legacy_client_id,
+};
+use super::plan::{
+    Action, PlanInput, USER_ERROR_REASONS, backoff_delay, plan_next_action, refresh_due_at,
+};
+use super::resolve::{
+    ResolveError, ResolvedServer, http_settings, read_secret_key, resolve_server,
+};
+use super::secret::{
+    PublicValues, StoredCredentials, StoredToken, is_in_sync, read_credentials, render_data,
+    render_secret, secret_name,
+};
+use crate::authserver::{
+    AuthServer, AuthServerClient, AuthServerError, ClientCredentials, DebugTokenRequest,
+    ErrorClass, Existence, HttpClient, HttpSettings, RegisteredClient,
+};
+use crate::crd::{
+    DebugTokenStatus, DeletionPolicy, Dialect, OrphanedClient, RetryStatus, SmartClient,
+    SmartClientStatus, condition,
+};
+
+/// Finalizer that lets the operator delete the remote registration before the object goes.
+pub const FINALIZER: &str = "smart.fhir.dev/cleanup";
+/// Annotation that lets a SmartClient whose cleanup is blocked go without deleting the registration.
+pub const ABANDON_ANNOTATION: &str = "smart.fhir.dev/abandon-registration";
+/// Field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "smart-operator";
+
+/// Tunables of the SmartClient controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub operator_namespace: String,
+    /// How often to check that the auth server still knows each client (S4S servers get wiped).
+    pub existence_check_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Failed cleanup attempts before `DeletionBlocked`.
+    pub deletion_attempts: u32,
+    pub http: HttpSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            operator_namespace: "smart-operator".into(),
+            existence_check_interval: Duration::from_secs(600),
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(300),
+            deletion_attempts: 5,
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+/// What the operator remembers about one SmartClient between reconciles.
+#[derive(Default)]
+struct Memory {
+    credentials: Option<StoredCredentials>,
+    next_existence_check: Option<Timestamp>,
+    /// The last status written, with the generation it describes. The watch cache may hand the next
+    /// reconcile an object from before that write; this keeps the operator from acting twice.
+    written_status: Option<(i64, SmartClientStatus)>,
+}
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    memory: Mutex<HashMap<String, Memory>>,
+    http_clients: Mutex<HashMap<String, HttpClient>>,
+}
+
+impl Context {
+    pub fn new(client: Client, recorder: Recorder, settings: Settings) -> Self {
+        Self {
+            client,
+            recorder,
+            settings,
+            memory: Mutex::default(),
+            http_clients: Mutex::default(),
+        }
+    }
+
+    fn remembered(&self, uid: &str) -> Option<StoredCredentials> {
+        self.memory
+            .lock()
+            .ok()?
+            .get(uid)
+            .and_then(|m| m.credentials.clone())
+    }
+
+    fn remember(&self, uid: &str, credentials: Option<StoredCredentials>) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.entry(uid.to_owned()).or_default().credentials = credentials;
+        }
+    }
+
+    /// The newest status of this generation: what the operator last wrote, else the object's.
+    fn latest_status(&self, client: &SmartClient) -> SmartClientStatus {
+        let uid = client.uid().unwrap_or_default();
+        let generation = client.metadata.generation.unwrap_or_default();
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&uid).and_then(|m| m.written_status.clone()))
+            .filter(|(written_generation, _)| *written_generation == generation)
+            .map(|(_, status)| status)
+            .unwrap_or_else(|| client.status.clone().unwrap_or_default())
+    }
+
+    fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.entry(uid.to_owned()).or_default().written_status =
+                Some((generation, status.clone()));
+        }
+    }
+
+    fn forget(&self, uid: &str) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.remove(uid);
+        }
+    }
+
+    /// When the next existence probe is due; the first one is spread over one interval so a restart
+    /// does not probe every client at once.
+    fn next_existence_check(&self, uid: &str, now: Timestamp) -> Timestamp {
+        let interval = self.settings.existence_check_interval;
+        let Ok(mut memory) = self.memory.lock() else {
+            return now + interval;
+        };
+        *memory
+            .entry(uid.to_owned())
+            .or_default()
+            .next_existence_check
+            .get_or_insert_with(|| now + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>()))
+    }
+
+    fn schedule_existence_check(&self, uid: &str, now: Timestamp) {
+        if let Ok(mut memory) = self.memory.lock() {
+            let jitter = self
+                .settings
+                .existence_check_interval
+                .mul_f64(0.1 * rand::random::<f64>());
+            memory
+                .entry(uid.to_owned())
+                .or_default()
+                .next_existence_check = Some(now + self.settings.existence_check_interval + jitter);
+        }
+    }
+
+    async fn http_client(&self, server: &ResolvedServer) -> Result<HttpClient, ReconcileError> {
+        if let Some(http) = self
+            .http_clients
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&server.fingerprint).cloned())
+        {
+            return Ok(http);
+        }
+        let settings = http_settings(
+            &self.client,
+            &server.spec,
+            &server.secrets_namespace,
+            &self.settings.http,
+        )
+        .await?;
+        let http = HttpClient::new(&settings)?;
+        if let Ok(mut cache) = self.http_clients.lock() {
+            cache.insert(server.fingerprint.clone(), http.clone());
+        }
+        Ok(http)
+    }
+
+    async fn auth_server(
+        &self,
+        server: &ResolvedServer,
+        with_initial_token: bool,
+    ) -> Result<AuthServerClient, ReconcileError> {
+        let http = self.http_client(server).await?;
+        let initial_access_token = match (&server.spec.credentials, with_initial_token) {
+            (Some(credentials), true) => Some(
+                read_secret_key(
+                    &self.client,
+                    &server.secrets_namespace,
+                    &credentials.initial_access_token_secret_ref,
+                    "the initial access token",
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        Ok(AuthServerClient::new(
+            server.dialect(),
+            http,
+            &server.endpoints,
+            initial_access_token,
+        )?)
+    }
+
+    async fn publish(
+        &self,
+        client: &SmartClient,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        // Events are best effort: a terminating namespace refuses them, and that must not block cleanup.
+        if let Err(e) = self.recorder.publish(&event, &client.object_ref(&())).await {
+            debug!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Errors of one reconcile. Secret values never reach these messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    AuthServer(#[from] AuthServerError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("deleting the registration failed; retrying in {}s", retry_in.as_secs())]
+    CleanupPending { retry_in: Duration },
+    #[error("deleting the registration is blocked; see the DeletionBlocked condition")]
+    CleanupBlocked,
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::AuthServer(e) => e.reason(),
+            ReconcileError::Resolve(e) => e.reason(),
+            ReconcileError::Kube(_) => "KubernetesApiError",
+            ReconcileError::Finalizer(_) => "FinalizerError",
+            ReconcileError::CleanupPending { .. } => "CleanupPending",
+            ReconcileError::CleanupBlocked => "DeletionBlocked",
+        }
+    }
+}
+
+/// Entry point for the kube-runtime Controller.
+pub async fn reconcile(
+    client: Arc<SmartClient>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let namespace = client.namespace().unwrap_or_default();
+    let api: Api<SmartClient> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, client, |event| async {
+        match event {
+            FinalizerEvent::Apply(client) => apply(&client, &ctx).await,
+            FinalizerEvent::Cleanup(client) => cleanup(&client, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => ReconcileError::Finalizer(other.to_string()),
+    })
+}
+
+/// Requeue policy for errors that escaped the status machinery (apiserver errors mostly).
+pub fn error_policy(
+    _client: Arc<SmartClient>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Requeue {
+    match error {
+        // Keeping the finalizer needs an error; these are expected and already on status.
+        ReconcileError::CleanupPending { retry_in } => Requeue::requeue(*retry_in),
+        ReconcileError::CleanupBlocked => Requeue::requeue(ctx.settings.backoff_cap),
+        _ => {
+            warn!(reason = error.reason(), %error, "reconcile failed");
+            Requeue::requeue(backoff_delay(
+                3,
+                ctx.settings.backoff_base,
+                ctx.settings.backoff_cap,
+                rand::random(),
+            ))
+        }
+    }
+}
+
+/// One reconcile of a live SmartClient.
+struct Run<'a> {
+    ctx: &'a Context,
+    client: &'a SmartClient,
+    uid: String,
+    generation: i64,
+    now: Timestamp,
+    status: SmartClientStatus,
+    secrets: Api<Secret>,
+    observed_secret: Option<Secret>,
+    credentials: Option<StoredCredentials>,
+}
+
+async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    let namespace = client.namespace().unwrap_or_default();
+    let mut run = Run {
+        ctx,
+        client,
+        uid: client.uid().unwrap_or_default(),
+        generation: client.metadata.generation.unwrap_or_default(),
+        now: Timestamp::now(),
+        status: ctx.latest_status(client),
+        secrets: Api::namespaced(ctx.client.clone(), &namespace),
+        observed_secret: None,
+        credentials: None,
+    };
+    let outcome = run.drive().await;
+    let requeue = match outcome {
+        Ok(requeue) => requeue,
+        Err(ReconcileError::AuthServer(e)) => run.record_auth_server_error(&e).await,
+        Err(ReconcileError::Resolve(ResolveError::Kube(e))) | Err(ReconcileError::Kube(e)) => {
+            return Err(e.into());
+        }
+        Err(ReconcileError::Resolve(e)) => run.record_not_usable(e.reason(), e.to_string()).await,
+        Err(other) => return Err(other),
+    };
+    run.write_status().await?;
+    Ok(requeue)
+}
+
+impl Run<'_> {
+    async fn drive(&mut self) -> Result<Requeue, ReconcileError> {
+        let desired = match desired_metadata(self.client) {
+            Ok(desired) => desired,
+            Err(e) => return Ok(self.record_user_error("InvalidSpec", e.to_string()).await),
+        };
+        let desired_hash = metadata_hash(&desired);
+        let server = resolve_server(
+            &self.ctx.client,
+            self.client,
+            &self.ctx.settings.operator_namespace,
+        )
+        .await?;
+        if let Some(problem) = dialect_mismatch(self.client, server.dialect()) {
+            return Ok(self.record_user_error("InvalidSpec", problem).await);
+        }
+        let secret_name = secret_name(self.client);
+        self.observed_secret = self.secrets.get_opt(&secret_name).await?;
+        let token_names: Vec<String> = self.debug_token_names(server.dialect());
+        self.credentials = self.ctx.remembered(&self.uid).or_else(|| {
+            let observed = self.observed_secret.as_ref()?;
+            read_credentials(observed, self.client, &token_names)
+                .filter(|c| Some(&c.client_id) == self.status.client_id.as_ref())
+        });
+        self.status.secret_name = Some(secret_name);
+
+        let mut auth: Option<AuthServerClient> = None;
+        // Each step changes what the plan sees; a handful always suffices, the bound is a safety net.
+        for _ in 0..16 {
+            let public = self.public_values(&server, &desired.scopes);
+            let secret_in_sync = match (&self.credentials, &self.observed_secret) {
+                (Some(credentials), Some(observed)) => is_in_sync(
+                    observed,
+                    self.client,
+                    &render_data(self.client, credentials, &public),
+                ),
+                (Some(_), None) => false,
+                (None, _) => true,
+            };
+            let token_refs: Vec<&str> = token_names.iter().map(String::as_str).collect();
+            let action = plan_next_action(&PlanInput {
+                dialect: server.dialect(),
+                generation: self.generation,
+                desired_hash: &desired_hash,
+                status: &self.status,
+                credentials: self.credentials.as_ref(),
+                secret_in_sync,
+                debug_tokens: token_refs,
+                now: self.now,
+                next_existence_check: self.ctx.next_existence_check(&self.uid, self.now),
+            });
+            debug!(?action, client = %self.client.name_any(), "planned");
+            let needs_initial_token = matches!(
+                action,
+                Action::Register | Action::ReRegister | Action::Replace
+            );
+            let remote = !matches!(
+                action,
+                Action::Wait(_)
+                    | Action::Backoff(_)
+                    | Action::AwaitSpecChange
+                    | Action::WriteSecret
+            );
+            if needs_initial_token || (auth.is_none() && remote) {
+                auth = Some(self.ctx.auth_server(&server, needs_initial_token).await?);
+            }
+            match action {
+                Action::Wait(after) => {
+                    self.mark_ready(&server);
+                    return Ok(after
+                        .map(Requeue::requeue)
+                        .unwrap_or_else(Requeue::await_change));
+                }
+                // Status already says why; nothing changes until the time comes or the spec changes.
+                Action::Backoff(after) => return Ok(Requeue::requeue(after)),
+                Action::AwaitSpecChange => return Ok(Requeue::await_change()),
+                Action::Register | Action::ReRegister | Action::Replace => {
+                    let auth = auth.as_ref().expect("built above");
+                    self.register(auth, &server, &desired, &desired_hash, action)
+                        .await?;
+                }
+                Action::Update => {
+                    let auth = auth.as_ref().expect("built above");
+                    self.update(auth, &server, &desired, &desired_hash).await?;
+                }
+                Action::WriteSecret => {
+                    let existed = self.observed_secret.is_some();
+                    self.persist(&server, &desired.scopes).await?;
+                    if existed {
+                        self.ctx
+                            .publish(
+                                self.client,
+                                EventType::Warning,
+                                "SecretRestored",
+                                "Restore",
+                                "the Secret was edited; the operator rewrote the keys it manages"
+                                    .into(),
+                            )
+                            .await;
+                    } else if self.status.client_id.is_some() {
+                        self.ctx
+                            .publish(self.client, EventType::Warning, "SecretRestored", "Restore", "the Secret was missing; the operator wrote it again from the credentials it holds".into())
+                            .await;
+                    }
+                }
+                Action::ProbeExistence => {
+                    let auth = auth.as_ref().expect("built above");
+                    self.probe(auth).await?;
+                }
+                Action::MintToken(name) => {
+                    let auth = auth.as_ref().expect("built above");
+                    self.mint(auth, &server, &desired.scopes, &name).await?;
+                }
+            }
+        }
+        warn!(client = %self.client.name_any(), "reconcile did not settle within its step budget");
+        Ok(Requeue::requeue(self.ctx.settings.backoff_base))
+    }
+
+    fn debug_token_names(&self, dialect: Dialect) -> Vec<String> {
+        if !dialect.mints_debug_tokens() {
+            return Vec::new();
+        }
+        self.client
+            .spec
+            .debug_tokens
+            .iter()
+            .flatten()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    fn public_values(&self, server: &ResolvedServer, requested: &[String]) -> PublicValues {
+        let scopes = if self.status.granted_scopes.is_empty() {
+            requested.to_vec()
+        } else {
+            self.status.granted_scopes.clone()
+        };
+        PublicValues {
+            token_endpoint: server.endpoints.token.clone(),
+            fhir_base_url: server.spec.fhir_base_url.as_ref().map(|u| u.0.clone()),
+            scope: scopes.join(" "),
+        }
+    }
+
+    /// Writes the Secret from the credentials held now, and remembers them. Runs before any further
+    /// remote call whenever the credentials changed.
+    async fn persist(
+        &mut self,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) -> Result<(), ReconcileError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        let data = render_data(
+            self.client,
+            credentials,
+            &self.public_values(server, requested),
+        );
+        let secret = render_secret(self.client, data);
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let written = self
+            .secrets
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        self.observed_secret = Some(written);
+        self.ctx.remember(&self.uid, self.credentials.clone());
+        set_condition(
+            &mut self.status.conditions,
+            condition::SECRET_SYNCED,
+            true,
+            "SecretWritten",
+            format!("Secret {name} holds the credentials"),
+            Some(self.generation),
+            self.now,
+        );
+        Ok(())
+    }
+
+    async fn register(
+        &mut self,
+        auth: &AuthServerClient,
+        server: &ResolvedServer,
+        desired: &crate::authserver::ClientMetadata,
+        desired_hash: &str,
+        action: Action,
+    ) -> Result<(), ReconcileError> {
+        let previous_client_id = self.status.client_id.clone();
+        // S4SLegacy: the caller chooses the id and secret. Persist them before posting, so a crash between
+        // the two cannot lose a registered secret.
+        let chosen = if server.dialect() == Dialect::S4sLegacy {
+            let mut client_id = s4s_legacy_client_id(self.client);
+            if action == Action::Replace && self.client.spec.client_id.is_none() {
+                client_id = format!("{client_id}.{}", &desired_hash[..8]);
+            }
+            let reuse = self
+                .credentials
+                .as_ref()
+                .filter(|c| c.client_id == client_id)
+                .and_then(|c| c.client_secret.clone());
+            let chosen = StoredCredentials {
+                client_id,
+                client_secret: Some(reuse.unwrap_or_else(generate_client_secret)),
+                registration_access_token: None,
+                registration_client_uri: None,
+                tokens: Default::default(),
+            };
+            self.credentials = Some(chosen.clone());
+            self.persist(server, &desired.scopes).await?;
+            Some(as_client_credentials(&chosen))
+        } else {
+            None
+        };
+        let registered = auth.register(desired, chosen.as_ref()).await?;
+        self.accept_registration(registered, server, desired_hash);
+        self.persist(server, &desired.scopes).await?;
+        self.status.retry = None;
+        self.ctx.schedule_existence_check(&self.uid, self.now);
+        let client_id = self.status.client_id.clone().unwrap_or_default();
+        let (reason, note) = match action {
+            Action::Replace => {
+                if let Some(old) = previous_client_id.filter(|old| *old != client_id) {
+                    self.status.orphaned_clients.push(OrphanedClient {
+                        client_id: old.clone(),
+                        reason: "Replaced".into(),
+                        since: Time(self.now),
+                    });
+                    self.status
+                        .orphaned_clients
+                        .sort_by(|a, b| a.client_id.cmp(&b.client_id));
+                    self.status
+                        .orphaned_clients
+                        .dedup_by(|a, b| a.client_id == b.client_id);
+                }
+                (
+                    "Replaced",
+                    format!(
+                        "{} cannot update clients: registered {client_id} with the new metadata; the previous client is orphaned on the server",
+                        server.dialect()
+                    ),
+                )
+            }
+            Action::ReRegister => (
+                "ReRegistered",
+                format!(
+                    "the auth server no longer knew the client (or its credentials were lost): registered again as {client_id}"
+                ),
+            ),
+            _ => (
+                "Registered",
+                format!(
+                    "registered with {} {} as {client_id}",
+                    server.kind, server.name
+                ),
+            ),
+        };
+        info!(client = %self.client.name_any(), %client_id, reason, "registration accepted");
+        self.ctx
+            .publish(self.client, EventType::Normal, reason, "Register", note)
+            .await;
+        Ok(())
+    }
+
+    /// Takes in a fresh registration: credentials into memory (persisted by the caller), facts into status.
+    fn accept_registration(
+        &mut self,
+        registered: RegisteredClient,
+        server: &ResolvedServer,
+        desired_hash: &str,
+    ) {
+        let keep_tokens = self
+            .credentials
+            .as_ref()
+            .filter(|c| c.client_id == registered.client_id)
+            .map(|c| c.tokens.clone());
+        if keep_tokens.is_none() {
+            // Tokens belong to a client id; a new client needs new ones.
+            self.status.debug_tokens.clear();
+        }
+        let RegisteredClient {
+            client_id,
+            client_secret,
+            registration_access_token,
+            registration_client_uri,
+            client_id_issued_at,
+            granted_scopes,
+        } = registered;
+        let previous = self.credentials.take();
+        self.credentials = Some(StoredCredentials {
+            client_id: client_id.clone(),
+            client_secret: client_secret
+                .or_else(|| previous.as_ref().and_then(|p| p.client_secret.clone())),
+            registration_access_token,
+            registration_client_uri: registration_client_uri.clone(),
+            tokens: keep_tokens.unwrap_or_default(),
+        });
+        self.status.client_id = Some(client_id);
+        self.status.registration_client_uri = registration_client_uri;
+        self.status.client_id_issued_at = client_id_issued_at
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map(Time);
+        self.status.granted_scopes = granted_scopes.unwrap_or_default();
+        self.status.applied_metadata_hash = Some(desired_hash.to_owned());
+        set_condition(
+            &mut self.status.conditions,
+            condition::REGISTERED,
+            true,
+            "Registered",
+            format!("registered with {} {}", server.kind, server.name),
+            Some(self.generation),
+            self.now,
+        );
+    }
+
+    async fn update(
+        &mut self,
+        auth: &AuthServerClient,
+        server: &ResolvedServer,
+        desired: &crate::authserver::ClientMetadata,
+        desired_hash: &str,
+    ) -> Result<(), ReconcileError> {
+        let credentials = self
+            .credentials
+            .clone()
+            .expect("plan updates only known clients");
+        match auth
+            .update(&as_client_credentials(&credentials), desired)
+            .await
+        {
+            Ok(updated) => {
+                self.accept_registration(updated, server, desired_hash);
+                self.persist(server, &desired.scopes).await?;
+                self.status.retry = None;
+                self.ctx
+                    .publish(
+                        self.client,
+                        EventType::Normal,
+                        "Updated",
+                        "Update",
+                        "the registration's metadata was updated (RFC 7592)".into(),
+                    )
+                    .await;
+                Ok(())
+            }
+            Err(AuthServerError::ClientGone) => {
+                self.lose_registration("ClientGone");
+                Ok(())
+            }
+            Err(AuthServerError::RegistrationAccessTokenRejected { status }) => {
+                match auth.probe(&as_client_credentials(&credentials)).await? {
+                    Existence::Gone => {
+                        self.lose_registration("ClientGone");
+                        Ok(())
+                    }
+                    Existence::Exists => {
+                        Err(AuthServerError::RegistrationAccessTokenRejected { status }.into())
+                    }
+                }
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn probe(&mut self, auth: &AuthServerClient) -> Result<(), ReconcileError> {
+        let credentials = self
+            .credentials
+            .clone()
+            .expect("plan probes only known clients");
+        match auth.probe(&as_client_credentials(&credentials)).await? {
+            Existence::Exists => self.ctx.schedule_existence_check(&self.uid, self.now),
+            Existence::Gone => {
+                self.ctx
+                    .publish(self.client, EventType::Warning, "ClientGone", "Probe", "the auth server no longer knows this client (its state was wiped?); registering again".into())
+                    .await;
+                self.lose_registration("ClientGone");
+            }
+        }
+        Ok(())
+    }
+
+    /// The server forgot the client: drop the credentials (keeping status.clientId) so the plan
+    /// re-registers.
+    fn lose_registration(&mut self, reason: &str) {
+        self.credentials = None;
+        self.ctx.remember(&self.uid, None);
+        set_condition(
+            &mut self.status.conditions,
+            condition::REGISTERED,
+            false,
+            reason,
+            "the auth server no longer knows this client",
+            Some(self.generation),
+            self.now,
+        );
+    }
+
+    async fn mint(
+        &mut self,
+        auth: &AuthServerClient,
+        server: &ResolvedServer,
+        scopes: &[String],
+        name: &str,
+    ) -> Result<(), ReconcileError> {
+        let spec = self
+            .client
+            .spec
+            .debug_tokens
+            .iter()
+            .flatten()
+            .find(|t| t.name == name)
+            .cloned()
+            .expect("plan mints only spec tokens");
+        let lifetime = spec
+            .lifetime
+            .map(Duration::from)
+            .unwrap_or(Duration::from_secs(3600));
+        let refresh_before = spec
+            .refresh_before
+            .map(Duration::from)
+            .unwrap_or(lifetime / 5);
+        let request = DebugTokenRequest {
+            user: spec.user.clone(),
+            patient_id: spec.patient_id.clone(),
+            scopes: spec
+                .scopes
+                .as_ref()
+                .map(|s| s.iter().map(|s| s.0.clone()).collect())
+                .unwrap_or_else(|| scopes.to_vec()),
+            lifetime,
+        };
+        let credentials = self
+            .credentials
+            .clone()
+            .expect("plan mints only for known clients");
+        let grant = auth
+            .mint_debug_token(&as_client_credentials(&credentials), &request)
+            .await?;
+        let minted_at = Timestamp::now();
+        // The server's own word on expiry wins; the requested lifetime is the fallback.
+        let expires_at = match auth.introspect(&grant.access_token).await {
+            Ok(info) => info.expires_at.and_then(|t| Timestamp::try_from(t).ok()),
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(_) => None,
+        }
+        .unwrap_or(minted_at + lifetime);
+        let next_refresh_at = refresh_due_at(minted_at, expires_at, refresh_before, rand::random());
+        if let Some(credentials) = self.credentials.as_mut() {
+            credentials.tokens.insert(
+                name.to_owned(),
+                StoredToken {
+                    access_token: grant.access_token,
+                    refresh_token: grant.refresh_token,
+                    expires_at: Some(expires_at.to_string()),
+                },
+            );
+        }
+        self.persist(server, scopes).await?;
+        let entry = DebugTokenStatus {
+            name: name.to_owned(),
+            expires_at: Some(Time(expires_at)),
+            next_refresh_at: Some(Time(next_refresh_at)),
+        };
+        self.status.debug_tokens.retain(|t| t.name != name);
+        self.status.debug_tokens.push(entry);
+        self.status.debug_tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        self.status.retry = None;
+        info!(client = %self.client.name_any(), token = name, %expires_at, %next_refresh_at, "debug token minted");
+        Ok(())
+    }
+
+    fn mark_ready(&mut self, server: &ResolvedServer) {
+        let token_names = self.debug_token_names(server.dialect());
+        self.status
+            .debug_tokens
+            .retain(|t| token_names.contains(&t.name));
+        if !token_names.is_empty() {
+            set_condition(
+                &mut self.status.conditions,
+                condition::TOKENS_FRESH,
+                true,
+                "TokensFresh",
+                format!(
+                    "{} debug token(s) minted and scheduled for renewal",
+                    token_names.len()
+                ),
+                Some(self.generation),
+                self.now,
+            );
+        } else {
+            self.status
+                .conditions
+                .retain(|c| c.type_ != condition::TOKENS_FRESH);
+        }
+        let client_id = self.status.client_id.clone().unwrap_or_default();
+        set_condition(
+            &mut self.status.conditions,
+            condition::READY,
+            true,
+            "Ready",
+            format!(
+                "client {client_id} is registered with {} {} and its Secret is up to date",
+                server.kind, server.name
+            ),
+            Some(self.generation),
+            self.now,
+        );
+        self.status.observed_generation = Some(self.generation);
+    }
+
+    async fn record_auth_server_error(&mut self, error: &AuthServerError) -> Requeue {
+        let reason = error.reason();
+        let message = error.to_string();
+        if error.class() == ErrorClass::User {
+            return self.record_user_error(reason, message).await;
+        }
+        let failures = self
+            .status
+            .retry
+            .as_ref()
+            .map_or(0, |r| r.failures.max(0) as u32)
+            .saturating_add(1);
+        let mut delay = backoff_delay(
+            failures,
+            self.ctx.settings.backoff_base,
+            self.ctx.settings.backoff_cap,
+            rand::random(),
+        );
+        if let Some(asked) = error.retry_after() {
+            delay = delay.max(asked.min(self.ctx.settings.backoff_cap));
+        }
+        self.status.retry = Some(RetryStatus {
+            failures: failures.min(i32::MAX as u32) as i32,
+            next_attempt_at: Some(Time(self.now + delay)),
+        });
+        let changed = !self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.reason == reason);
+        set_condition(
+            &mut self.status.conditions,
+            condition::READY,
+            false,
+            reason,
+            format!(
+                "{message} (attempt {failures}, next in {}s)",
+                delay.as_secs()
+            ),
+            Some(self.generation),
+            self.now,
+        );
+        self.status.observed_generation = Some(self.generation);
+        if changed {
+            self.ctx
+                .publish(
+                    self.client,
+                    EventType::Warning,
+                    reason,
+                    "Reconcile",
+                    message,
+                )
+                .await;
+        }
+        Requeue::requeue(delay)
+    }
+
+    async fn record_user_error(&mut self, reason: &str, message: String) -> Requeue {
+        debug_assert!(USER_ERROR_REASONS.contains(&reason) || reason == "InvalidSpec");
+        let reason = if USER_ERROR_REASONS.contains(&reason) {
+            reason
+        } else {
+            "InvalidSpec"
+        };
+        let changed = !self.status.conditions.iter().any(|c| {
+            c.type_ == condition::READY
+                && c.reason == reason
+                && c.observed_generation == Some(self.generation)
+        });
+        set_condition(
+            &mut self.status.conditions,
+            condition::READY,
+            false,
+            reason,
+            message.clone(),
+            Some(self.generation),
+            self.now,
+        );
+        self.status.retry = None;
+        self.status.observed_generation = Some(self.generation);
+        if changed {
+            self.ctx
+                .publish(
+                    self.client,
+                    EventType::Warning,
+                    reason,
+                    "Reconcile",
+                    format!("{message}; waiting for a spec change"),
+                )
+                .await;
+        }
+        Requeue::await_change()
+    }
+
+    async fn record_not_usable(&mut self, reason: &str, message: String) -> Requeue {
+        let changed = !self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.reason == reason);
+        set_condition(
+            &mut self.status.conditions,
+            condition::READY,
+            false,
+            reason,
+            message.clone(),
+            Some(self.generation),
+            self.now,
+        );
+        self.status.observed_generation = Some(self.generation);
+        if changed {
+            self.ctx
+                .publish(self.client, EventType::Warning, reason, "Resolve", message)
+                .await;
+        }
+        // Auth server changes trigger a reconcile through the watch; this is only a safety net.
+        Requeue::requeue(Duration::from_secs(300))
+    }
+
+    /// Writes status by server-side apply, only when it changed.
+    async fn write_status(&self) -> Result<(), ReconcileError> {
+        if self.ctx.latest_status(self.client) == self.status && self.client.status.is_some() {
+            return Ok(());
+        }
+        let api: Api<SmartClient> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.client.namespace().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "apiVersion": "smart.fhir.dev/v1alpha1",
+            "kind": "SmartClient",
+            "status": self.status,
+        });
+        api.patch_status(
+            &self.client.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.ctx
+            .remember_status(&self.uid, self.generation, &self.status);
+        Ok(())
+    }
+}
+
+/// Fields the admission policy should have refused, for objects created before it existed.
+fn dialect_mismatch(client: &SmartClient, dialect: Dialect) -> Option<String> {
+    if client.spec.client_id.is_some() && dialect != Dialect::S4sLegacy {
+        return Some(format!(
+            "spec.clientId is only allowed with S4SLegacy servers; this one speaks {dialect}"
+        ));
+    }
+    if client
+        .spec
+        .debug_tokens
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+        && !dialect.mints_debug_tokens()
+    {
+        return Some(format!(
+            "spec.debugTokens need the Sync-for-Science debug API; this server speaks {dialect}"
+        ));
+    }
+    None
+}
+
+fn as_client_credentials(credentials: &StoredCredentials) -> ClientCredentials {
+    ClientCredentials {
+        client_id: credentials.client_id.clone(),
+        client_secret: credentials.client_secret.clone(),
+        registration_access_token: credentials.registration_access_token.clone(),
+        registration_client_uri: credentials.registration_client_uri.clone(),
+    }
+}
+
+/// Finalization: delete the remote registration when the policy and dialect allow, never hang.
+async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
+    let uid = client.uid().unwrap_or_default();
+    let let_go = |ctx: &Context| ctx.forget(&uid);
+    let orphan = |note: String| async move {
+        ctx.publish(client, EventType::Normal, "Orphaned", "Delete", note)
+            .await;
+    };
+    if client
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        orphan(format!(
+            "{ABANDON_ANNOTATION}=true: the registration is left on the auth server"
+        ))
+        .await;
+        let_go(ctx);
+        return Ok(Requeue::await_change());
+    }
+    let Some(client_id) = client.status.as_ref().and_then(|s| s.client_id.clone()) else {
+        let_go(ctx);
+        return Ok(Requeue::await_change());
+    };
+    if client.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Orphan {
+        orphan(format!(
+            "deletionPolicy Orphan: client {client_id} stays registered"
+        ))
+        .await;
+        let_go(ctx);
+        return Ok(Requeue::await_change());
+    }
+    let server = match resolve_server(&ctx.client, client, &ctx.settings.operator_namespace).await {
+        Ok(server) => server,
+        Err(e) => {
+            orphan(format!(
+                "cannot delete client {client_id}: {e}; it is left on the auth server"
+            ))
+            .await;
+            let_go(ctx);
+            return Ok(Requeue::await_change());
+        }
+    };
+    if !server.dialect().manages_clients() {
+        orphan(format!(
+            "{} cannot delete clients: client {client_id} is left on the auth server",
+            server.dialect()
+        ))
+        .await;
+        let_go(ctx);
+        return Ok(Requeue::await_change());
+    }
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
+    let credentials = match ctx.remembered(&uid) {
+        Some(c) => Some(c),
+        None => secrets
+            .get_opt(&secret_name(client))
+            .await?
+            .and_then(|s| read_credentials(&s, client, &[])),
+    };
+    let Some(credentials) = credentials.filter(|c| c.client_id == client_id) else {
+        orphan(format!("the credentials of client {client_id} are gone (Secret deleted): it is left on the auth server")).await;
+        let_go(ctx);
+        return Ok(Requeue::await_change());
+    };
+    let status = client.status.clone().unwrap_or_default();
+    let failures = status
+        .retry
+        .as_ref()
+        .map_or(0, |r| r.failures.max(0) as u32);
+    if failures >= ctx.settings.deletion_attempts {
+        // Bounded: stop calling the server and wait for a person (the annotation above lets go).
+        return Err(ReconcileError::CleanupBlocked);
+    }
+    let auth = ctx.auth_server(&server, false).await?;
+    let outcome = match auth.delete(&as_client_credentials(&credentials)).await {
+        Ok(()) | Err(AuthServerError::ClientGone) => Ok(()),
+        Err(AuthServerError::RegistrationAccessTokenRejected { status }) => {
+            match auth.probe(&as_client_credentials(&credentials)).await {
+                Ok(Existence::Gone) => Ok(()),
+                Ok(Existence::Exists) => {
+                    Err(AuthServerError::RegistrationAccessTokenRejected { status })
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => {
+            ctx.publish(
+                client,
+                EventType::Normal,
+                "Deleted",
+                "Delete",
+                format!("client {client_id} was deleted from the auth server"),
+            )
+            .await;
+            let_go(ctx);
+            Ok(Requeue::await_change())
+        }
+        Err(error) => {
+            let failures = failures + 1;
+            let mut status = status;
+            let now = Timestamp::now();
+            let delay = backoff_delay(
+                failures,
+                ctx.settings.backoff_base,
+                ctx.settings.backoff_cap,
+                rand::random(),
+            );
+            status.retry = Some(RetryStatus {
+                failures: failures.min(i32::MAX as u32) as i32,
+                next_attempt_at: Some(Time(now + delay)),
+            });
+            let blocked = failures >= ctx.settings.deletion_attempts;
+            if blocked {
+                set_condition(
+                    &mut status.conditions,
+                    condition::DELETION_BLOCKED,
+                    true,
+                    error.reason(),
+                    format!(
+                        "deleting client {client_id} failed {failures} times ({error}); fix the auth server, or annotate {ABANDON_ANNOTATION}=true to leave it there"
+                    ),
+                    client.metadata.generation,
+                    now,
+                );
+                ctx.publish(
+                    client,
+                    EventType::Warning,
+                    "DeletionBlocked",
+                    "Delete",
+                    format!(
+                        "giving up deleting client {client_id} after {failures} attempts: {error}"
+                    ),
+                )
+                .await;
+            }
+            let api: Api<SmartClient> =
+                Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
+            let patch = serde_json::json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "status": status});
+            api.patch_status(
+                &client.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+            if blocked {
+                Err(ReconcileError::CleanupBlocked)
+            } else {
+                Err(ReconcileError::CleanupPending { retry_in: delay })
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The Secret a SmartClient's credentials live in: rendering it from what the operator knows, and
+//! reading it back (pure).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Resource, ResourceExt};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crd::{SecretKeys, SmartClient};
+
+/// Label on every Secret the operator manages; the operator watches only Secrets carrying it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "smart-operator";
+/// Label naming the SmartClient a Secret belongs to.
+pub const CLIENT_LABEL: &str = "smart.fhir.dev/client";
+
+/// Every credential the operator holds for one registration.
+#[derive(Clone, Debug)]
+pub struct StoredCredentials {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub registration_access_token: Option<SecretString>,
+    pub registration_client_uri: Option<String>,
+    pub tokens: BTreeMap<String, StoredToken>,
+}
+
+/// One debug token as kept in the Secret.
+#[derive(Clone, Debug)]
+pub struct StoredToken {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    /// RFC 3339, as written to `<name>_expires_at`.
+    pub expires_at: Option<String>,
+}
+
+/// Non-secret values that also go into the Secret, so an app needs nothing else.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PublicValues {
+    pub token_endpoint: Option<String>,
+    pub fhir_base_url: Option<String>,
+    pub scope: String,
+}
+
+/// Name of the client's Secret.
+pub fn secret_name(client: &SmartClient) -> String {
+    client
+        .spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| format!("{}-smart-client", client.name_any()))
+}
+
+/// Output key names after the spec's renames.
+struct KeyNames {
+    client_id: String,
+    client_secret: String,
+    registration_access_token: String,
+    registration_client_uri: String,
+    token_endpoint: String,
+    fhir_base_url: String,
+    scope: String,
+}
+
+fn key_names(client: &SmartClient) -> KeyNames {
+    let renames = client
+        .spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.keys.clone())
+        .unwrap_or_default();
+    let SecretKeys {
+        client_id,
+        client_secret,
+        registration_access_token,
+        registration_client_uri,
+        token_endpoint,
+        fhir_base_url,
+        scope,
+    } = renames;
+    KeyNames {
+        client_id: client_id.unwrap_or_else(|| "client_id".into()),
+        client_secret: client_secret.unwrap_or_else(|| "client_secret".into()),
+        registration_access_token: registration_access_token
+            .unwrap_or_else(|| "registration_access_token".into()),
+        registration_client_uri: registration_client_uri
+            .unwrap_or_else(|| "registration_client_uri".into()),
+        token_endpoint: token_endpoint.unwrap_or_else(|| "token_endpoint".into()),
+        fhir_base_url: fhir_base_url.unwrap_or_else(|| "fhir_base_url".into()),
+        scope: scope.unwrap_or_else(|| "scope".into()),
+    }
+}
+
+/// The data the Secret must hold.
+pub fn render_data(
+    client: &SmartClient,
+    credentials: &StoredCredentials,
+    public: &PublicValues,
+) -> BTreeMap<String, ByteString> {
+    let keys = key_names(client);
+    let mut data = BTreeMap::new();
+    let mut put = |key: &str, value: &str| {
+        data.insert(key.to_owned(), ByteString(value.as_bytes().to_vec()));
+    };
+    put(&keys.client_id, &credentials.client_id);
+    if let Some(secret) = &credentials.client_secret {
+        put(&keys.client_secret, secret.expose_secret());
+    }
+    if let Some(token) = &credentials.registration_access_token {
+        put(&keys.registration_access_token, token.expose_secret());
+    }
+    if let Some(uri) = &credentials.registration_client_uri {
+        put(&keys.registration_client_uri, uri);
+    }
+    if let Some(endpoint) = &public.token_endpoint {
+        put(&keys.token_endpoint, endpoint);
+    }
+    if let Some(base) = &public.fhir_base_url {
+        put(&keys.fhir_base_url, base);
+    }
+    put(&keys.scope, &public.scope);
+    for (name, token) in &credentials.tokens {
+        put(
+            &format!("{name}_access_token"),
+            token.access_token.expose_secret(),
+        );
+        if let Some(refresh) = &token.refresh_token {
+            put(&format!("{name}_refresh_token"), refresh.expose_secret());
+        }
+        if let Some(expires_at) = &token.expires_at {
+            put(&format!("{name}_expires_at"), expires_at);
+        }
+    }
+    data
+}
+
+/// The whole Secret object for server-side apply: owned by the SmartClient (so it is garbage-collected
+/// with it) and labelled so the operator's watch sees it.
+pub fn render_secret(client: &SmartClient, data: BTreeMap<String, ByteString>) -> Secret {
+    let spec = client.spec.secret.clone().unwrap_or_default();
+    let mut labels = spec.labels.unwrap_or_default();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    labels.insert(CLIENT_LABEL.into(), client.name_any());
+    let mut secret = Secret {
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    secret.metadata.name = Some(secret_name(client));
+    secret.metadata.namespace = client.namespace();
+    secret.metadata.labels = Some(labels);
+    secret.metadata.annotations = spec.annotations.filter(|a| !a.is_empty());
+    secret.metadata.owner_references = client.controller_owner_ref(&()).map(|owner| vec![owner]);
+    secret
+}
+
+/// Whether the observed Secret holds exactly what the operator would write for the keys it owns and is
+/// labelled as it should be. Extra keys written by others are left alone.
+pub fn is_in_sync(
+    observed: &Secret,
+    client: &SmartClient,
+    data: &BTreeMap<String, ByteString>,
+) -> bool {
+    let observed_data = observed.data.clone().unwrap_or_default();
+    let labels = observed.labels();
+    let wanted = render_secret(client, BTreeMap::new());
+    let labels_ok = wanted
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let owned = observed
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == client.meta().uid.as_ref());
+    labels_ok && owned && data.iter().all(|(k, v)| observed_data.get(k) == Some(v))
+}
+
+/// Reads credentials back from a Secret the operator wrote (after a restart, when memory is empty).
+/// Returns None unless the Secret belongs to this client and holds its client id.
+pub fn read_credentials(
+    observed: &Secret,
+    client: &SmartClient,
+    token_names: &[String],
+) -> Option<StoredCredentials> {
+    let owned = observed
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == client.meta().uid.as_ref());
+    if !owned {
+        return None;
+    }
+    let keys = key_names(client);
+    let data = observed.data.clone().unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let secret = |key: &str| text(key).map(SecretString::from);
+    let client_id = text(&keys.client_id)?;
+    let tokens = token_names
+        .iter()
+        .filter_map(|name| {
+            Some((
+                name.clone(),
+                StoredToken {
+                    access_token: secret(&format!("{name}_access_token"))?,
+                    refresh_token: secret(&format!("{name}_refresh_token")),
+                    expires_at: text(&format!("{name}_expires_at")),
+                },
+            ))
+        })
+        .collect();
+    Some(StoredCredentials {
+        client_id,
+        client_secret: secret(&keys.client_secret),
+        registration_access_token: secret(&keys.registration_access_token),
+        registration_client_uri: text(&keys.registration_client_uri),
+        tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SmartClientSpec;
+
+    fn client(secret: serde_json::Value) -> SmartClient {
+        let spec: SmartClientSpec = serde_json::from_value(serde_json::json!({
+            "authServerRef": {"name": "s"},
+            "redirectUris": ["https://app.example.org/cb"],
+            "scopes": ["launch/patient"],
+            "secret": secret,
+        }))
+        .unwrap();
+        let mut client = SmartClient::new("app", spec);
+        client.metadata.namespace = Some("team".into());
+        client.metadata.uid = Some("uid-1".into());
+        client
+    }
+
+    fn credentials() -> StoredCredentials {
+        StoredCredentials {
+            client_id: "id-1".into(),
+            client_secret: Some("secret-1".into()),
+            registration_access_token: Some("rat-1".into()),
+            registration_client_uri: Some("https://as/register/id-1".into()),
+            tokens: BTreeMap::from([(
+                "daniel".to_owned(),
+                StoredToken {
+                    access_token: "at".into(),
+                    refresh_token: Some("rt".into()),
+                    expires_at: Some("2026-11-23T12:00:00Z".into()),
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn secret_uses_default_keys_owner_reference_and_labels() {
+        let c = client(serde_json::json!({}));
+        let secret = render_secret(
+            &c,
+            render_data(&c, &credentials(), &PublicValues::default()),
+        );
+        assert_eq!(secret.metadata.name.as_deref(), Some("app-smart-client"));
+        let data = secret.data.as_ref().unwrap();
+        for key in [
+            "client_id",
+            "client_secret",
+            "registration_access_token",
+            "registration_client_uri",
+            "scope",
+            "daniel_access_token",
+            "daniel_refresh_token",
+            "daniel_expires_at",
+        ] {
+            assert!(data.contains_key(key), "missing {key}");
+        }
+        assert_eq!(secret.labels()[MANAGED_BY_LABEL], MANAGED_BY_VALUE);
+        let owner = &secret.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SmartClient", "uid-1", Some(true))
+        );
+    }
+
+    #[test]
+    fn renamed_keys_round_trip() {
+        let c = client(
+            serde_json::json!({"name": "byo", "keys": {"client_id": "ID", "client_secret": "SECRET"}}),
+        );
+        let data = render_data(&c, &credentials(), &PublicValues::default());
+        assert!(
+            data.contains_key("ID")
+                && data.contains_key("SECRET")
+                && !data.contains_key("client_id")
+        );
+        let secret = render_secret(&c, data.clone());
+        assert!(is_in_sync(&secret, &c, &data));
+        let read = read_credentials(&secret, &c, &["daniel".into()]).unwrap();
+        assert_eq!(read.client_id, "id-1");
+        assert_eq!(read.client_secret.unwrap().expose_secret(), "secret-1");
+        assert_eq!(read.tokens["daniel"].access_token.expose_secret(), "at");
+    }
+
+    #[test]
+    fn an_edited_value_is_out_of_sync() {
+        let c = client(serde_json::json!({}));
+        let data = render_data(&c, &credentials(), &PublicValues::default());
+        let mut secret = render_secret(&c, data.clone());
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("client_secret".into(), ByteString(b"edited".to_vec()));
+        assert!(!is_in_sync(&secret, &c, &data));
+    }
+}

@@ -1,0 +1,310 @@
+//! Running the operator binary and a smart-dev-server for integration tests, and reading what a user
+//! could observe: objects, conditions, Events, Secrets and the requests the auth server received.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use smart_operator::crd::SmartClient;
+use smart_operator::devserver::{DevServer, DevServerConfig, Dialect, RunningDevServer};
+
+use super::repo_root;
+
+static OPERATOR_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The operator binary, watching one namespace, as a child process whose logs go to a file.
+pub struct Operator {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+    namespace: String,
+    extra_args: Vec<String>,
+}
+
+impl Operator {
+    /// Starts the operator for `namespace` with fast timings suited to tests; `extra_args` override them.
+    pub fn start(namespace: &str, extra_args: &[&str]) -> Self {
+        let mut operator = Self {
+            child: None,
+            log_path: PathBuf::new(),
+            namespace: namespace.to_owned(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        operator.spawn();
+        operator
+    }
+
+    fn spawn(&mut self) {
+        let dir = repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = OPERATOR_COUNTER.fetch_add(1, Ordering::SeqCst);
+        self.log_path = dir.join(format!("operator-{}-{n}.log", self.namespace));
+        let log = std::fs::File::create(&self.log_path).unwrap();
+        // Fast timings for tests; a test's own flags replace these (clap refuses repeated flags).
+        let defaults = [
+            ("--existence-check-interval", "1h"),
+            ("--backoff-base", "200ms"),
+            ("--backoff-cap", "2s"),
+            ("--http-timeout", "2s"),
+            ("--log", "smart_operator=debug,info"),
+        ];
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--watch-namespace".into(),
+            self.namespace.clone(),
+            "--operator-namespace".into(),
+            self.namespace.clone(),
+        ];
+        for (flag, value) in defaults {
+            if !self.extra_args.iter().any(|a| a == flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        args.extend(self.extra_args.iter().cloned());
+        let child = Command::new(env!("CARGO_BIN_EXE_smart-operator"))
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the operator binary");
+        self.child = Some(child);
+    }
+
+    /// Stops the operator with SIGTERM (as Kubernetes does) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts it again with the same arguments (a restart).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A smart-dev-server in this test process, with a client for its admin API.
+pub struct AuthServer {
+    pub server: RunningDevServer,
+    http: reqwest::Client,
+}
+
+impl AuthServer {
+    pub async fn start(dialect: Dialect, initial_access_tokens: &[&str]) -> Self {
+        let mut config = DevServerConfig::new(dialect);
+        config.initial_access_tokens = initial_access_tokens
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let server = DevServer::bind(config)
+            .await
+            .expect("bind the dev server")
+            .spawn();
+        Self {
+            server,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn fhir_base_url(&self) -> String {
+        format!("{}/fhir", self.server.base_url())
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/_admin/{path}", self.server.base_url());
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "admin {path} answered {}",
+            response.status()
+        );
+        response.json::<Value>().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.admin(reqwest::Method::GET, "stats", None).await
+    }
+
+    /// Requests received by one endpoint (`register`, `update`, `debug_token`, ...).
+    pub async fn count(&self, endpoint: &str) -> u64 {
+        self.stats().await["endpoints"][endpoint]["total"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub async fn clients(&self) -> Vec<Value> {
+        self.admin(reqwest::Method::GET, "clients", None).await["clients"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub async fn reset(&self) {
+        self.admin(reqwest::Method::POST, "reset", None).await;
+    }
+
+    pub async fn set_faults(&self, plan: Value) {
+        self.admin(reqwest::Method::PUT, "faults", Some(plan)).await;
+    }
+
+    pub async fn clear_faults(&self) {
+        self.admin(reqwest::Method::DELETE, "faults", None).await;
+    }
+
+    pub async fn set_policy(&self, policy: Value) {
+        self.admin(reqwest::Method::PUT, "policy", Some(policy))
+            .await;
+    }
+
+    pub async fn add_initial_access_token(&self, token: &str, count: u32) {
+        self.admin(
+            reqwest::Method::POST,
+            "initial-access-tokens",
+            Some(json!({"token": token, "count": count})),
+        )
+        .await;
+    }
+}
+
+/// Polls `probe` until it returns Some, or panics after `timeout` saying what never happened.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The status of a condition of a SmartClient, with its reason.
+pub fn condition(client: &SmartClient, type_: &str) -> Option<(String, String)> {
+    client
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Waits until a SmartClient's Ready condition has `status` and `reason`, and returns it. On timeout
+/// the panic shows the last Ready condition seen.
+pub async fn wait_for_ready(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> SmartClient {
+    let api: Api<SmartClient> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        if let Some(object) = api.get_opt(name).await.ok().flatten() {
+            last = object
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            if last
+                .as_ref()
+                .is_some_and(|c| c.status == status && c.reason == reason)
+            {
+                return object;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for SmartClient {namespace}/{name} Ready={status} reason={reason}; last Ready: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn get_secret(client: &Client, namespace: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+/// A Secret's value as text.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+/// Events about objects in the namespace, as `reason: note`.
+pub async fn events(client: &Client, namespace: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+/// Waits for an Event with this reason in the namespace.
+pub async fn wait_for_event(client: &Client, namespace: &str, reason: &str) -> String {
+    eventually(
+        &format!("an Event with reason {reason} in {namespace}"),
+        Duration::from_secs(30),
+        || async {
+            events(client, namespace)
+                .await
+                .into_iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, note)| note)
+        },
+    )
+    .await
+}
