@@ -753,3 +753,235 @@ async fn s4s_legacy_client_uses_a_chosen_id_and_a_strong_secret() {
         Some(client_secret.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_servers_publish_discovered_endpoints_capabilities_and_readiness() {
+    let s = setup("servers", DevDialect::Rfc7591, &[]).await;
+    let s4s = AuthServer::start(DevDialect::S4s, &[]).await;
+    apply(&s.client, Some(&s.ns), json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "s4s"}, "spec": {"dialect": "S4S", "fhirBaseUrl": s4s.fhir_base_url()}}))
+        .await
+        .unwrap();
+    // Nothing listens on port 9 of loopback: discovery fails and the server says so.
+    apply(&s.client, Some(&s.ns), json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "down"}, "spec": {"dialect": "S4S", "fhirBaseUrl": "http://127.0.0.1:9/fhir"}}))
+        .await
+        .unwrap();
+    let servers: Api<smart_operator::crd::SmartAuthServer> =
+        Api::namespaced(s.client.clone(), &s.ns);
+    let status_of = |name: &'static str, ready: &'static str| {
+        let servers = servers.clone();
+        async move {
+            eventually(
+                &format!("SmartAuthServer {name} Ready={ready}"),
+                Duration::from_secs(30),
+                || async {
+                    let status = servers.get(name).await.ok()?.status?;
+                    status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == ready)
+                        .then_some(status)
+                },
+            )
+            .await
+        }
+    };
+    let dcr = status_of("dev", "True").await;
+    let discovered = dcr.discovered.clone().unwrap();
+    assert_eq!(
+        discovered.registration,
+        Some(format!("{}/oauth2/register", s.server.server.base_url()))
+    );
+    assert!(discovered.token.is_some() && discovered.issuer.is_some());
+    for capability in ["register", "read", "update", "delete", "existenceProbe"] {
+        assert!(
+            dcr.capabilities.iter().any(|c| c == capability),
+            "RFC7591 lacks {capability}: {:?}",
+            dcr.capabilities
+        );
+    }
+    let s4s_status = status_of("s4s", "True").await;
+    let discovered = s4s_status.discovered.unwrap();
+    assert_eq!(
+        discovered.debug_token,
+        Some(format!("{}/oauth/debug/token", s4s.server.base_url()))
+    );
+    for capability in ["register", "debugToken", "introspect", "existenceProbe"] {
+        assert!(
+            s4s_status.capabilities.iter().any(|c| c == capability),
+            "S4S lacks {capability}"
+        );
+    }
+    assert!(!s4s_status.capabilities.iter().any(|c| c == "update"));
+    let down = status_of("down", "False").await;
+    let reason = &down
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .reason;
+    assert_eq!(reason, "DiscoveryFailed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_state_survives_an_operator_restart() {
+    let mut s = setup(
+        "backoff-restart",
+        DevDialect::Rfc7591,
+        &["--backoff-base", "1s", "--backoff-cap", "30s"],
+    )
+    .await;
+    s.server
+        .set_faults(json!({"error_rate": 1.0, "error_status": 503, "endpoints": ["register"]}))
+        .await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    let before = eventually("three failed attempts", Duration::from_secs(30), || async {
+        let retry = api(&s).get("app").await.ok()?.status?.retry?;
+        (retry.failures >= 3).then_some(retry)
+    })
+    .await;
+    s.operator.restart();
+    let attempts = s.server.count("register").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // After 3 failures the next attempt is 2–4 s away (1 s doubling, jitter ≥ 50%); a restart that
+    // forgot the backoff would retry at once.
+    let after = api(&s)
+        .get("app")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .retry
+        .unwrap();
+    assert!(
+        s.server.count("register").await - attempts <= 1,
+        "the restarted operator retried early"
+    );
+    assert!(
+        after.failures >= before.failures,
+        "the failure count was not reset by the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_logs_events_or_status_even_at_trace_level() {
+    let s = setup(
+        "leaks",
+        DevDialect::Rfc7591,
+        &["--log", "trace", "--existence-check-interval", "2s"],
+    )
+    .await;
+    let s4s = AuthServer::start(DevDialect::S4s, &[]).await;
+    apply(&s.client, Some(&s.ns), json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "s4s"}, "spec": {"dialect": "S4S", "fhirBaseUrl": s4s.fhir_base_url()}}))
+        .await
+        .unwrap();
+    create(&s.client, Some(&s.ns), smart_client("dcr", json!({})))
+        .await
+        .unwrap();
+    let mut with_token = smart_client(
+        "s4s",
+        json!({"debugTokens": [{"name": "t", "user": "daniel-adams", "patientId": "smart-1288992", "lifetime": "3s", "refreshBefore": "1s"}]}),
+    );
+    with_token["spec"]["authServerRef"] = json!({"name": "s4s"});
+    create(&s.client, Some(&s.ns), with_token).await.unwrap();
+    wait_for_ready(&s.client, &s.ns, "dcr", "True", "Ready").await;
+    wait_for_ready(&s.client, &s.ns, "s4s", "True", "Ready").await;
+    let mut secrets = vec![IAT.to_owned()];
+    let mut collect = |secret: &k8s_openapi::api::core::v1::Secret| {
+        for (key, value) in secret.data.clone().unwrap_or_default() {
+            if key == "client_secret"
+                || key.ends_with("access_token")
+                || key.ends_with("refresh_token")
+            {
+                secrets.push(String::from_utf8(value.0).unwrap());
+            }
+        }
+    };
+    collect(
+        &get_secret(&s.client, &s.ns, "dcr-smart-client")
+            .await
+            .unwrap(),
+    );
+    // An update rotates the registration access token; both the old and the new one must stay hidden.
+    patch_spec(&s, "dcr", json!({"scopes": ["openid", "launch/patient"]})).await;
+    eventually("the update is applied", Duration::from_secs(30), || async {
+        (s.server.count("update").await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // a token renewal and some existence probes
+    collect(
+        &get_secret(&s.client, &s.ns, "dcr-smart-client")
+            .await
+            .unwrap(),
+    );
+    collect(
+        &get_secret(&s.client, &s.ns, "s4s-smart-client")
+            .await
+            .unwrap(),
+    );
+    api(&s)
+        .delete("dcr", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the dcr client is deleted",
+        Duration::from_secs(30),
+        || async { api(&s).get_opt("dcr").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    secrets.retain(|v| v.len() >= 8);
+    assert!(
+        secrets.len() >= 7,
+        "collected the secrets to look for: {}",
+        secrets.len()
+    );
+
+    let log = s.operator.log();
+    assert!(log.contains("TRACE"), "the operator logged at trace level");
+    let events = events(&s.client, &s.ns).await;
+    let statuses = serde_json::to_string(
+        &api(&s)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|c| &c.status)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let servers: Api<smart_operator::crd::SmartAuthServer> =
+        Api::namespaced(s.client.clone(), &s.ns);
+    let server_statuses = serde_json::to_string(
+        &servers
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|c| &c.status)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let events = format!("{events:?}");
+    use base64::Engine as _;
+    for secret in &secrets {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+        for (place, text) in [
+            ("operator log", &log),
+            ("Events", &events),
+            ("SmartClient status", &statuses),
+            ("SmartAuthServer status", &server_statuses),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret value appears in the {place}"
+            );
+            assert!(
+                !text.contains(&encoded),
+                "a base64-encoded secret value appears in the {place}"
+            );
+        }
+    }
+}
