@@ -728,8 +728,13 @@ async fn restarting_the_operator_makes_no_registration_and_no_token_mint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4s_legacy_client_uses_a_chosen_id_and_a_strong_secret() {
-    let s = setup("legacy", DevDialect::S4sLegacy, &[]).await;
+async fn s4s_legacy_client_uses_a_chosen_id_and_a_strong_secret_and_survives_a_wipe() {
+    let s = setup(
+        "legacy",
+        DevDialect::S4sLegacy,
+        &["--existence-check-interval", "2s"],
+    )
+    .await;
     create(
         &s.client,
         Some(&s.ns),

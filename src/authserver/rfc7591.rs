@@ -248,7 +248,19 @@ impl AuthServer for Rfc7591Client {
         let answer = self.http.send(request, endpoint, &redactor).await?;
         match answer.status {
             StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(Self::management_failure(&answer, endpoint, &redactor)),
+            _ => match Self::management_failure(&answer, endpoint, &redactor) {
+                // Keycloak answers a deleted client's management URI with the same 401 as a stale
+                // token; the side-effect-free probe tells "already gone" (success) from a stale token.
+                AuthServerError::RegistrationAccessTokenRejected { status } => {
+                    match self.probe(client).await? {
+                        Existence::Gone => Ok(()),
+                        Existence::Exists => {
+                            Err(AuthServerError::RegistrationAccessTokenRejected { status })
+                        }
+                    }
+                }
+                other => Err(other),
+            },
         }
     }
 

@@ -251,6 +251,8 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("{0}")]
+    CredentialsLost(String),
     #[error("deleting the registration failed; retrying in {}s", retry_in.as_secs())]
     CleanupPending { retry_in: Duration },
     #[error("deleting the registration is blocked; see the DeletionBlocked condition")]
@@ -264,6 +266,7 @@ impl ReconcileError {
             ReconcileError::Resolve(e) => e.reason(),
             ReconcileError::Kube(_) => "KubernetesApiError",
             ReconcileError::Finalizer(_) => "FinalizerError",
+            ReconcileError::CredentialsLost(_) => "CredentialsLost",
             ReconcileError::CleanupPending { .. } => "CleanupPending",
             ReconcileError::CleanupBlocked => "DeletionBlocked",
         }
@@ -324,6 +327,8 @@ struct Run<'a> {
     secrets: Api<Secret>,
     observed_secret: Option<Secret>,
     credentials: Option<StoredCredentials>,
+    /// Credentials of a client the server forgot (wiped state): S4SLegacy registers the same id again.
+    forgotten: Option<StoredCredentials>,
 }
 
 async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -338,6 +343,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         secrets: Api::namespaced(ctx.client.clone(), &namespace),
         observed_secret: None,
         credentials: None,
+        forgotten: None,
     };
     let outcome = run.drive().await;
     let requeue = match outcome {
@@ -347,6 +353,9 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
             return Err(e.into());
         }
         Err(ReconcileError::Resolve(e)) => run.record_not_usable(e.reason(), e.to_string()).await,
+        Err(ReconcileError::CredentialsLost(message)) => {
+            run.record_user_error("CredentialsLost", message).await
+        }
         Err(other) => return Err(other),
     };
     run.write_status().await?;
@@ -741,7 +750,7 @@ impl Run<'_> {
     /// The server forgot the client: drop the credentials (keeping status.clientId) so the plan
     /// re-registers.
     fn lose_registration(&mut self, reason: &str) {
-        self.credentials = None;
+        self.forgotten = self.credentials.take();
         self.ctx.remember(&self.uid, None);
         set_condition(
             &mut self.status.conditions,
