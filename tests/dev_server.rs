@@ -994,7 +994,8 @@ async fn s4s_legacy_debug_token_uses_expires_as_approval_timestamp_and_as_lifeti
 }
 
 #[tokio::test]
-async fn s4s_legacy_debug_token_for_an_unknown_client_or_missing_field_is_500() {
+async fn s4s_legacy_debug_token_for_unknown_client_or_missing_field_and_unknown_introspection_are_500()
+ {
     let h = Harness::s4s_legacy().await;
     legacy_client(&h, "known").await;
     let request = json!({
@@ -1015,6 +1016,10 @@ async fn s4s_legacy_debug_token_for_an_unknown_client_or_missing_field_is_500() 
         h.debug_token(&missing_user).await.0,
         StatusCode::INTERNAL_SERVER_ERROR
     );
+    let (status, _) = h
+        .get_json("/oauth/debug/introspect?access_token=unknown")
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
 }
 
 #[tokio::test]
@@ -1125,7 +1130,7 @@ async fn fault_latency_delays_only_the_named_endpoints() {
         .admin(
             reqwest::Method::PUT,
             "/faults",
-            Some(json!({"latency_ms": 400, "endpoints": ["discovery"]})),
+            Some(json!({"latency_ms": 1000, "endpoints": ["discovery"]})),
         )
         .await;
     assert_eq!(status, StatusCode::OK);
@@ -1135,11 +1140,11 @@ async fn fault_latency_delays_only_the_named_endpoints() {
         h.get_json("/.well-known/openid-configuration").await.0,
         StatusCode::OK
     );
-    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(started.elapsed() >= Duration::from_millis(1000));
 
     let started = Instant::now();
     h.registered_rfc7591(&app_metadata()).await;
-    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(started.elapsed() < Duration::from_millis(1000));
 }
 
 #[tokio::test]
@@ -1303,28 +1308,4 @@ async fn concurrent_registrations_all_succeed_with_distinct_client_ids() {
         .map(|c| str_field(c, "client_id"))
         .collect();
     assert_eq!(ids.len(), 2_000);
-}
-
-/// The load measurement: `cargo test --release --test dev_server -- --ignored --nocapture`.
-/// `DEV_SERVER_LOAD_TOTAL` / `DEV_SERVER_LOAD_CONNECTIONS` override 20 000 / 64.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "load measurement; run explicitly"]
-async fn registration_throughput_on_loopback() {
-    let from_env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let total = from_env("DEV_SERVER_LOAD_TOTAL", 20_000);
-    let connections = from_env("DEV_SERVER_LOAD_CONNECTIONS", 64);
-    let h = Harness::rfc7591().await;
-    let rate = register_many(&h, total, connections).await;
-    println!(
-        "{total} RFC 7591 registrations over {connections} connections: {rate:.0} registrations/s"
-    );
-    assert_eq!(
-        h.stats().await["endpoints"]["register"]["by_status"]["201"],
-        total
-    );
 }

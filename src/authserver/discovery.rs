@@ -59,7 +59,8 @@ pub async fn discover(
         Err(_) if has_registration_override => ServerEndpoints::default(),
         Err(e) => return Err(e),
     };
-    let endpoints = apply_overrides(with_debug_endpoints(dialect, discovered), overrides);
+    // Debug endpoints sit beside the registration endpoint actually used, overridden or not.
+    let endpoints = with_debug_endpoints(dialect, apply_overrides(discovered, overrides));
     if endpoints.registration.is_none() {
         return Err(AuthServerError::Discovery {
             detail:
@@ -140,8 +141,12 @@ fn with_debug_endpoints(dialect: Dialect, mut endpoints: ServerEndpoints) -> Ser
         && let Some(registration) = &endpoints.registration
         && let Ok(base) = url::Url::parse(registration)
     {
-        endpoints.debug_token = base.join("debug/token").ok().map(String::from);
-        endpoints.debug_introspect = base.join("debug/introspect").ok().map(String::from);
+        if endpoints.debug_token.is_none() {
+            endpoints.debug_token = base.join("debug/token").ok().map(String::from);
+        }
+        if endpoints.debug_introspect.is_none() {
+            endpoints.debug_introspect = base.join("debug/introspect").ok().map(String::from);
+        }
     }
     endpoints
 }

@@ -288,8 +288,12 @@ impl AuthServer for Rfc7591Client {
                 probe_with_refresh_grant(&self.http, token_endpoint, client).await
             }
             // A public client cannot authenticate at the token endpoint; ask the management API instead.
+            // Its 401 is ambiguous (stale token or deleted client): assume the client exists rather than
+            // register a duplicate.
             _ => match self.read(client).await {
-                Ok(_) => Ok(Existence::Exists),
+                Ok(_) | Err(AuthServerError::RegistrationAccessTokenRejected { .. }) => {
+                    Ok(Existence::Exists)
+                }
                 Err(AuthServerError::ClientGone) => Ok(Existence::Gone),
                 Err(e) => Err(e),
             },

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{HttpClient, OAuthErrorBody, Redactor, decode_json, transient_error};
+use super::http::{HttpAnswer, HttpClient, OAuthErrorBody, Redactor, decode_json, transient_error};
 use super::{
     AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
     DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
@@ -52,24 +52,22 @@ impl S4sClient {
 
 /// 400 answers are the caller's fault; the rest is the server's.
 pub(super) fn s4s_failure(
-    status: StatusCode,
-    body: &[u8],
+    answer: &HttpAnswer,
     endpoint: &str,
     redactor: &Redactor,
-    answer: &super::http::HttpAnswer,
 ) -> AuthServerError {
     if let Some(transient) = transient_error(answer, endpoint, redactor) {
         return transient;
     }
-    let parsed = OAuthErrorBody::parse(body, redactor);
-    match status {
+    let parsed = OAuthErrorBody::parse(&answer.body, redactor);
+    match answer.status {
         StatusCode::BAD_REQUEST => AuthServerError::InvalidMetadata {
             status: 400,
             error: parsed.error,
             description: parsed.error_description,
         },
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => AuthServerError::PolicyRejected {
-            status: status.as_u16(),
+            status: answer.status.as_u16(),
             error: parsed.error,
             description: parsed.error_description,
         },
@@ -78,10 +76,48 @@ pub(super) fn s4s_failure(
             detail: format!(
                 "unexpected HTTP {}: {}",
                 other.as_u16(),
-                redactor.excerpt(body)
+                redactor.excerpt(&answer.body)
             ),
         },
     }
+}
+
+/// Posts a debug-token request (both S4S flavours answer `{access_token, refresh_token}`).
+pub(super) async fn post_debug_token(
+    http: &HttpClient,
+    endpoint: &str,
+    redactor: &Redactor,
+    body: &Value,
+) -> Result<DebugTokenGrant, AuthServerError> {
+    let answer = http
+        .send(http.post(endpoint).json(body), endpoint, redactor)
+        .await?;
+    if !answer.status.is_success() {
+        return Err(s4s_failure(&answer, endpoint, redactor));
+    }
+    let token: TokenAnswer = decode_json(&answer, endpoint, redactor)?;
+    Ok(DebugTokenGrant {
+        access_token: token.access_token.into(),
+        refresh_token: token.refresh_token.map(SecretString::from),
+    })
+}
+
+/// Fetches a debug introspection document; the flavours differ in the query parameter's name.
+pub(super) async fn fetch_introspection(
+    http: &HttpClient,
+    endpoint: &str,
+    parameter: &str,
+    access_token: &SecretString,
+) -> Result<Value, AuthServerError> {
+    let redactor = Redactor::new().with(Some(access_token));
+    let request = http
+        .get(endpoint)
+        .query(&[(parameter, access_token.expose_secret())]);
+    let answer = http.send(request, endpoint, &redactor).await?;
+    if !answer.status.is_success() {
+        return Err(s4s_failure(&answer, endpoint, &redactor));
+    }
+    decode_json(&answer, endpoint, &redactor)
 }
 
 /// Reads an expiry that is a Unix timestamp (number) or an RFC 1123 HTTP-date (string).
@@ -142,13 +178,7 @@ impl AuthServer for S4sClient {
                 granted_scopes: registration.scope.as_deref().map(split_scopes),
             });
         }
-        Err(s4s_failure(
-            answer.status,
-            &answer.body,
-            endpoint,
-            &redactor,
-            &answer,
-        ))
+        Err(s4s_failure(&answer, endpoint, &redactor))
     }
 
     async fn read(&self, _client: &ClientCredentials) -> Result<RegisteredClient, AuthServerError> {
@@ -192,44 +222,12 @@ impl AuthServer for S4sClient {
             "scope": request.scopes.join(" "),
             "access_lifetime": request.lifetime.as_secs(),
         });
-        let answer = self
-            .http
-            .send(self.http.post(endpoint).json(&body), endpoint, &redactor)
-            .await?;
-        if answer.status.is_success() {
-            let token: TokenAnswer = decode_json(&answer, endpoint, &redactor)?;
-            return Ok(DebugTokenGrant {
-                access_token: token.access_token.into(),
-                refresh_token: token.refresh_token.map(SecretString::from),
-            });
-        }
-        Err(s4s_failure(
-            answer.status,
-            &answer.body,
-            endpoint,
-            &redactor,
-            &answer,
-        ))
+        post_debug_token(&self.http, endpoint, &redactor, &body).await
     }
 
     async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {
         let endpoint = required(&self.debug_introspect_endpoint, "debug introspection")?;
-        let redactor = Redactor::new().with(Some(access_token));
-        let request = self
-            .http
-            .get(endpoint)
-            .query(&[("token", access_token.expose_secret())]);
-        let answer = self.http.send(request, endpoint, &redactor).await?;
-        if !answer.status.is_success() {
-            return Err(s4s_failure(
-                answer.status,
-                &answer.body,
-                endpoint,
-                &redactor,
-                &answer,
-            ));
-        }
-        let info: Value = decode_json(&answer, endpoint, &redactor)?;
+        let info = fetch_introspection(&self.http, endpoint, "token", access_token).await?;
         let expires_at = ["access_expires", "exp", "expires"]
             .iter()
             .find_map(|f| parse_expiry(&info[*f]));

@@ -8,7 +8,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::http::{HttpClient, Redactor, decode_json};
-use super::s4s::{TokenAnswer, parse_expiry, required, s4s_failure, unix_seconds};
+use super::s4s::{
+    fetch_introspection, parse_expiry, post_debug_token, required, s4s_failure, unix_seconds,
+};
 use super::{
     AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
     DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
@@ -93,13 +95,7 @@ impl AuthServer for S4sLegacyClient {
             // Our id and our secret are already registered: an earlier attempt got through.
             return Ok(registered());
         }
-        Err(s4s_failure(
-            answer.status,
-            &answer.body,
-            endpoint,
-            &redactor,
-            &answer,
-        ))
+        Err(s4s_failure(&answer, endpoint, &redactor))
     }
 
     async fn read(&self, _client: &ClientCredentials) -> Result<RegisteredClient, AuthServerError> {
@@ -144,44 +140,12 @@ impl AuthServer for S4sLegacyClient {
             "user": request.user,
             "patient_id": request.patient_id,
         });
-        let answer = self
-            .http
-            .send(self.http.post(endpoint).json(&body), endpoint, &redactor)
-            .await?;
-        if answer.status.is_success() {
-            let token: TokenAnswer = decode_json(&answer, endpoint, &redactor)?;
-            return Ok(DebugTokenGrant {
-                access_token: token.access_token.into(),
-                refresh_token: token.refresh_token.map(SecretString::from),
-            });
-        }
-        Err(s4s_failure(
-            answer.status,
-            &answer.body,
-            endpoint,
-            &redactor,
-            &answer,
-        ))
+        post_debug_token(&self.http, endpoint, &redactor, &body).await
     }
 
     async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {
         let endpoint = required(&self.debug_introspect_endpoint, "debug introspection")?;
-        let redactor = Redactor::new().with(Some(access_token));
-        let request = self
-            .http
-            .get(endpoint)
-            .query(&[("access_token", access_token.expose_secret())]);
-        let answer = self.http.send(request, endpoint, &redactor).await?;
-        if !answer.status.is_success() {
-            return Err(s4s_failure(
-                answer.status,
-                &answer.body,
-                endpoint,
-                &redactor,
-                &answer,
-            ));
-        }
-        let info: Value = decode_json(&answer, endpoint, &redactor)?;
+        let info = fetch_introspection(&self.http, endpoint, "access_token", access_token).await?;
         let expires_at = parse_expiry(&info["expires"]);
         Ok(TokenInfo {
             active: expires_at.is_some_and(|at| at > SystemTime::now()),

@@ -654,21 +654,40 @@ impl Run<'_> {
             client_id_issued_at,
             granted_scopes,
         } = registered;
-        let previous = self.credentials.take();
+        // Servers answer updates with less than registrations (Keycloak sends client_id_issued_at only
+        // on create; some servers omit an unchanged token): keep what the answer does not replace.
+        let previous = self.credentials.take().filter(|p| p.client_id == client_id);
+        let registration_client_uri = registration_client_uri.or_else(|| {
+            previous
+                .as_ref()
+                .and_then(|p| p.registration_client_uri.clone())
+        });
         self.credentials = Some(StoredCredentials {
             client_id: client_id.clone(),
             client_secret: client_secret
                 .or_else(|| previous.as_ref().and_then(|p| p.client_secret.clone())),
-            registration_access_token,
+            registration_access_token: registration_access_token.or_else(|| {
+                previous
+                    .as_ref()
+                    .and_then(|p| p.registration_access_token.clone())
+            }),
             registration_client_uri: registration_client_uri.clone(),
             tokens: keep_tokens.unwrap_or_default(),
         });
+        let same_client = previous.is_some();
         self.status.client_id = Some(client_id);
         self.status.registration_client_uri = registration_client_uri;
-        self.status.client_id_issued_at = client_id_issued_at
+        let issued_at = client_id_issued_at
             .and_then(|s| Timestamp::from_second(s).ok())
             .map(Time);
-        self.status.granted_scopes = granted_scopes.unwrap_or_default();
+        if issued_at.is_some() || !same_client {
+            self.status.client_id_issued_at = issued_at;
+        }
+        if let Some(granted) = granted_scopes {
+            self.status.granted_scopes = granted;
+        } else if !same_client {
+            self.status.granted_scopes.clear();
+        }
         self.status.applied_metadata_hash = Some(desired_hash.to_owned());
         set_condition(
             &mut self.status.conditions,
@@ -901,35 +920,12 @@ impl Run<'_> {
             failures: failures.min(i32::MAX as u32) as i32,
             next_attempt_at: Some(Time(self.now + delay)),
         });
-        let changed = !self
-            .status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == condition::READY && c.reason == reason);
-        set_condition(
-            &mut self.status.conditions,
-            condition::READY,
-            false,
-            reason,
-            format!(
-                "{message} (attempt {failures}, next in {}s)",
-                delay.as_secs()
-            ),
-            Some(self.generation),
-            self.now,
+        let detail = format!(
+            "{message} (attempt {failures}, next in {}s)",
+            delay.as_secs()
         );
-        self.status.observed_generation = Some(self.generation);
-        if changed {
-            self.ctx
-                .publish(
-                    self.client,
-                    EventType::Warning,
-                    reason,
-                    "Reconcile",
-                    message,
-                )
-                .await;
-        }
+        self.report_not_ready(reason, detail, message, "Reconcile", false)
+            .await;
         Requeue::requeue(delay)
     }
 
@@ -940,59 +936,51 @@ impl Run<'_> {
         } else {
             "InvalidSpec"
         };
-        let changed = !self.status.conditions.iter().any(|c| {
+        self.status.retry = None;
+        let note = format!("{message}; waiting for a spec change");
+        self.report_not_ready(reason, message, note, "Reconcile", true)
+            .await;
+        Requeue::await_change()
+    }
+
+    async fn record_not_usable(&mut self, reason: &str, message: String) -> Requeue {
+        self.report_not_ready(reason, message.clone(), message, "Resolve", false)
+            .await;
+        // Auth server changes trigger a reconcile through the watch; this is only a safety net.
+        Requeue::requeue(Duration::from_secs(300))
+    }
+
+    /// Sets `Ready=False` and publishes a Warning Event when the reason is new (for this generation, if
+    /// `per_generation`), so a failure repeated by backoff does not flood Events.
+    async fn report_not_ready(
+        &mut self,
+        reason: &str,
+        message: String,
+        note: String,
+        action: &str,
+        per_generation: bool,
+    ) {
+        let generation = Some(self.generation);
+        let known = self.status.conditions.iter().any(|c| {
             c.type_ == condition::READY
                 && c.reason == reason
-                && c.observed_generation == Some(self.generation)
+                && (!per_generation || c.observed_generation == generation)
         });
         set_condition(
             &mut self.status.conditions,
             condition::READY,
             false,
             reason,
-            message.clone(),
-            Some(self.generation),
+            message,
+            generation,
             self.now,
         );
-        self.status.retry = None;
-        self.status.observed_generation = Some(self.generation);
-        if changed {
+        self.status.observed_generation = generation;
+        if !known {
             self.ctx
-                .publish(
-                    self.client,
-                    EventType::Warning,
-                    reason,
-                    "Reconcile",
-                    format!("{message}; waiting for a spec change"),
-                )
+                .publish(self.client, EventType::Warning, reason, action, note)
                 .await;
         }
-        Requeue::await_change()
-    }
-
-    async fn record_not_usable(&mut self, reason: &str, message: String) -> Requeue {
-        let changed = !self
-            .status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == condition::READY && c.reason == reason);
-        set_condition(
-            &mut self.status.conditions,
-            condition::READY,
-            false,
-            reason,
-            message.clone(),
-            Some(self.generation),
-            self.now,
-        );
-        self.status.observed_generation = Some(self.generation);
-        if changed {
-            self.ctx
-                .publish(self.client, EventType::Warning, reason, "Resolve", message)
-                .await;
-        }
-        // Auth server changes trigger a reconcile through the watch; this is only a safety net.
-        Requeue::requeue(Duration::from_secs(300))
     }
 
     /// Writes status by server-side apply, only when it changed.

@@ -30,7 +30,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use state::DemoUser;
-pub use stats::Endpoint;
 
 use listener::{ConnectionHandle, SeverableListener};
 use state::AppState;

@@ -514,14 +514,8 @@ async fn delete(
 
 fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
     let mut response = wire::oauth_error(status, error, description);
-    no_store(&mut response);
+    wire::no_store(&mut response);
     response
-}
-
-fn no_store(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 const INVALID_CREDENTIALS: &str = "Invalid client or Invalid client credentials";
@@ -652,6 +646,6 @@ fn client_credentials_grant(client: &Client, requested: Option<&str>) -> Respons
             "scope": scopes.join(" "),
         }),
     );
-    no_store(&mut response);
+    wire::no_store(&mut response);
     response
 }

@@ -405,7 +405,7 @@ fn oauthlib_error(status: StatusCode, error: &str, description: Option<&str>) ->
         body.insert("error_description".to_owned(), json!(description));
     }
     let mut response = wire::json_response(status, &Value::Object(body));
-    no_store(&mut response);
+    wire::no_store(&mut response);
     if status == StatusCode::UNAUTHORIZED
         && let Ok(challenge) = HeaderValue::from_str(&format!("Bearer error=\"{error}\""))
     {
@@ -414,12 +414,6 @@ fn oauthlib_error(status: StatusCode, error: &str, description: Option<&str>) ->
             .insert(header::WWW_AUTHENTICATE, challenge);
     }
     response
-}
-
-fn no_store(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 /// Flask-OAuthlib's token endpoint, validating in oauthlib's order: grant type, required
@@ -521,7 +515,7 @@ fn refresh(store: &mut Store, client_id: &str, presented: &str) -> Response {
     });
     store.tokens.insert(refreshed);
     let mut response = wire::json_response(StatusCode::OK, &body);
-    no_store(&mut response);
+    wire::no_store(&mut response);
     response
 }
 

@@ -98,6 +98,13 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Token endpoint answers must not be cached (RFC 6749 §5.1).
+pub(super) fn no_store(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
 /// The HTML pages Flask/Werkzeug answers with when a view raises instead of returning JSON: a missing
 /// form field (400) or an exception such as an integrity error (500).
 fn werkzeug_error_page(status: StatusCode) -> Response {

@@ -1,0 +1,314 @@
+//! RFC 7591/7592 against a real Keycloak (what Kodjin runs), started by `hack/test` through
+//! `hack/keycloak up`: the client layer's operations and error classes, and the operator end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::operator::*;
+use common::*;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use smart_operator::authserver::{
+    AuthServer, AuthServerClient, AuthServerError, ClientCredentials, ClientMetadata, ErrorClass,
+    Existence, HttpClient, HttpSettings, ServerEndpoints,
+};
+use smart_operator::crd::{Dialect, SmartClient};
+
+fn keycloak_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: the Keycloak tests need `eval \"$(hack/keycloak up)\"` (hack/test does it)")
+    })
+}
+
+/// A new initial access token allowing `count` registrations.
+fn initial_access_token(count: u32) -> SecretString {
+    let (ok, out, err) = run_tool(
+        repo_root().join("hack/keycloak").to_str().unwrap(),
+        &["initial-access-token", &count.to_string(), "3600"],
+    );
+    assert!(ok, "hack/keycloak initial-access-token failed: {err}");
+    SecretString::from(out.trim().to_owned())
+}
+
+fn endpoints() -> ServerEndpoints {
+    ServerEndpoints {
+        registration: Some(keycloak_env("KEYCLOAK_REGISTRATION_ENDPOINT")),
+        token: Some(keycloak_env("KEYCLOAK_TOKEN_ENDPOINT")),
+        ..Default::default()
+    }
+}
+
+fn keycloak(initial_access_token: Option<SecretString>) -> AuthServerClient {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = HttpClient::new(&HttpSettings::default()).unwrap();
+    AuthServerClient::new(Dialect::Rfc7591, http, &endpoints(), initial_access_token).unwrap()
+}
+
+fn metadata(scopes: &[&str]) -> ClientMetadata {
+    ClientMetadata {
+        client_name: "smart-operator test".into(),
+        redirect_uris: vec!["https://app.example.org/callback".into()],
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+        response_types: vec!["code".into()],
+        token_endpoint_auth_method: "client_secret_basic".into(),
+        ..Default::default()
+    }
+}
+
+fn credentials_of(registered: &smart_operator::authserver::RegisteredClient) -> ClientCredentials {
+    ClientCredentials {
+        client_id: registered.client_id.clone(),
+        client_secret: registered.client_secret.clone(),
+        registration_access_token: registered.registration_access_token.clone(),
+        registration_client_uri: registered.registration_client_uri.clone(),
+    }
+}
+
+fn sorted(scopes: &[String]) -> Vec<String> {
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_register_read_update_delete_with_a_rotating_registration_access_token() {
+    let server = keycloak(Some(initial_access_token(1)));
+    let registered = server
+        .register(&metadata(&["launch/patient", "patient/*.read"]), None)
+        .await
+        .unwrap();
+    assert!(
+        registered.client_secret.is_some(),
+        "a confidential client gets a secret"
+    );
+    assert!(
+        registered
+            .registration_client_uri
+            .as_deref()
+            .is_some_and(|u| u.ends_with(&registered.client_id))
+    );
+    assert_eq!(
+        sorted(registered.granted_scopes.as_deref().unwrap()),
+        ["launch/patient", "patient/*.read"],
+        "Keycloak grants the requested scopes (in its own order)"
+    );
+    let first = credentials_of(&registered);
+
+    let read = server.read(&first).await.unwrap();
+    assert_eq!(read.client_id, registered.client_id);
+    assert_eq!(
+        read.registration_access_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned()),
+        first
+            .registration_access_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned()),
+        "GET does not rotate the token"
+    );
+
+    let updated = server
+        .update(
+            &first,
+            &metadata(&["launch/patient", "patient/*.read", "fhirUser"]),
+        )
+        .await
+        .unwrap();
+    let rotated = updated
+        .registration_access_token
+        .clone()
+        .expect("PUT returns a registration access token");
+    assert_ne!(
+        rotated.expose_secret(),
+        first
+            .registration_access_token
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+        "PUT rotates it"
+    );
+    assert!(
+        updated
+            .granted_scopes
+            .unwrap()
+            .contains(&"fhirUser".to_owned())
+    );
+    let mut second = first.clone();
+    second.registration_access_token = Some(rotated);
+    match server.read(&first).await {
+        Err(AuthServerError::RegistrationAccessTokenRejected { status: 401 }) => {}
+        other => panic!("the old token must be dead after a PUT, got {other:?}"),
+    }
+    server.read(&second).await.expect("the rotated token works");
+
+    assert_eq!(server.probe(&second).await.unwrap(), Existence::Exists);
+    server.delete(&second).await.expect("RFC 7592 DELETE");
+    assert_eq!(server.probe(&second).await.unwrap(), Existence::Gone);
+    server
+        .delete(&second)
+        .await
+        .expect("deleting a deleted client is success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_used_up_initial_access_token_is_a_401_credential_error() {
+    let server = keycloak(Some(initial_access_token(1)));
+    server
+        .register(&metadata(&["launch/patient"]), None)
+        .await
+        .unwrap();
+    let error = server
+        .register(&metadata(&["launch/patient"]), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AuthServerError::InitialAccessTokenRejected { status: 401 }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.class(), ErrorClass::Credential);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_scope_not_allowed_by_realm_policy_is_a_403_user_error() {
+    let server = keycloak(Some(initial_access_token(1)));
+    let error = server
+        .register(&metadata(&["system/*.cruds"]), None)
+        .await
+        .unwrap_err();
+    match &error {
+        AuthServerError::PolicyRejected {
+            status: 403,
+            error: code,
+            ..
+        } => assert_eq!(code, "insufficient_scope"),
+        other => panic!("expected a 403 policy rejection, got {other:?}"),
+    }
+    assert_eq!(error.class(), ErrorClass::User);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_bad_redirect_uri_is_a_400_user_error() {
+    let server = keycloak(Some(initial_access_token(1)));
+    let mut bad = metadata(&["launch/patient"]);
+    bad.redirect_uris = vec!["not a uri".into()];
+    let error = server.register(&bad, None).await.unwrap_err();
+    match &error {
+        AuthServerError::InvalidMetadata {
+            status: 400,
+            error: code,
+            ..
+        } => assert_eq!(code, "invalid_redirect_uri"),
+        other => panic!("expected a 400 invalid_redirect_uri, got {other:?}"),
+    }
+    assert_eq!(error.class(), ErrorClass::User);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_registers_updates_and_deletes_a_keycloak_client() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client, "keycloak").await;
+    let token = initial_access_token(5);
+    apply(&client, Some(&ns), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iat"}, "stringData": {"token": token.expose_secret()}}))
+        .await
+        .unwrap();
+    // Keycloak serves no .well-known/smart-configuration: the endpoints are given.
+    apply(&client, Some(&ns), json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "keycloak"},
+        "spec": {
+            "dialect": "RFC7591",
+            "endpoints": {"registration": keycloak_env("KEYCLOAK_REGISTRATION_ENDPOINT"), "token": keycloak_env("KEYCLOAK_TOKEN_ENDPOINT")},
+            "credentials": {"initialAccessTokenSecretRef": {"name": "iat", "key": "token"}},
+        },
+    }))
+    .await
+    .unwrap();
+    let _operator = Operator::start(&ns, &[]);
+    create(&client, Some(&ns), json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "app"},
+        "spec": {"authServerRef": {"name": "keycloak"}, "redirectUris": ["https://app.example.org/callback"], "scopes": ["launch/patient", "patient/*.read"]},
+    }))
+    .await
+    .unwrap();
+    let ready = wait_for_ready(&client, &ns, "app", "True", "Ready")
+        .await
+        .status
+        .unwrap();
+    let secret = get_secret(&client, &ns, "app-smart-client").await.unwrap();
+    let credentials = ClientCredentials {
+        client_id: secret_value(&secret, "client_id").unwrap(),
+        client_secret: secret_value(&secret, "client_secret").map(SecretString::from),
+        registration_access_token: secret_value(&secret, "registration_access_token")
+            .map(SecretString::from),
+        registration_client_uri: secret_value(&secret, "registration_client_uri"),
+    };
+    assert_eq!(Some(&credentials.client_id), ready.client_id.as_ref());
+    let keycloak = keycloak(None);
+    keycloak
+        .read(&credentials)
+        .await
+        .expect("the persisted registration access token works");
+
+    let apps: Api<SmartClient> = Api::namespaced(client.clone(), &ns);
+    apps.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            &json!({"spec": {"scopes": ["launch/patient", "patient/*.read", "fhirUser"]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let rotated = eventually(
+        "the rotated registration access token is persisted",
+        Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&client, &ns, "app-smart-client").await?;
+            let token = secret_value(&secret, "registration_access_token")?;
+            (Some(token.as_str())
+                != credentials
+                    .registration_access_token
+                    .as_ref()
+                    .map(|t| t.expose_secret()))
+            .then_some(token)
+        },
+    )
+    .await;
+    let mut current = credentials.clone();
+    current.registration_access_token = Some(SecretString::from(rotated));
+    let remote = keycloak
+        .read(&current)
+        .await
+        .expect("the persisted, rotated token is the valid one");
+    assert!(
+        remote
+            .granted_scopes
+            .unwrap()
+            .contains(&"fhirUser".to_owned()),
+        "Keycloak has the new scope"
+    );
+    assert!(
+        keycloak.read(&credentials).await.is_err(),
+        "the old token is dead"
+    );
+    wait_for_ready(&client, &ns, "app", "True", "Ready").await;
+
+    apps.delete("app", &DeleteParams::default()).await.unwrap();
+    eventually(
+        "the SmartClient is gone",
+        Duration::from_secs(30),
+        || async { apps.get_opt("app").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        keycloak.probe(&current).await.unwrap(),
+        Existence::Gone,
+        "deleted on Keycloak too"
+    );
+}
