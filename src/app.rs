@@ -1,21 +1,41 @@
-//! Wiring: the Kubernetes client, the three controllers and shutdown.
+//! Wiring: the Kubernetes client, leader election, the controllers, health and metrics, shutdown.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use futures::StreamExt;
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use tracing::{debug, info};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
 
-use crate::controller::auth_server::{reconcile_server, server_error_policy};
-use crate::controller::reconcile::{error_policy, reconcile};
+use crate::controller::auth_server::{AuthServerResource, reconcile_server, server_error_policy};
+use crate::controller::reconcile::{ReconcileError, error_policy, reconcile};
 use crate::controller::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::controller::{Context, Settings};
 use crate::crd::{AuthServerKind, ClusterSmartAuthServer, SmartAuthServer, SmartClient};
+use crate::telemetry::{ErrorLabels, Health, Metrics, serve};
+
+/// Leader election settings.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// Seconds a lease stays valid after its last renewal: how long a dead leader blocks a standby.
+    pub lease_duration: u64,
+    /// Seconds before expiry that the holder renews.
+    pub renew_grace: u64,
+}
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -23,23 +43,218 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Namespaces to watch for SmartClients and SmartAuthServers; empty means all.
     pub namespaces: Vec<String>,
-    /// Identity in Events (`reportingInstance`), usually the Pod name.
+    /// Identity in Events and the lease, usually the Pod name.
     pub instance: String,
     pub concurrency: u16,
+    pub metrics_address: SocketAddr,
+    pub leader_election: Option<LeaderElection>,
+    /// Whether this instance reconciles ClusterSmartAuthServers.
+    pub cluster_servers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot connect to Kubernetes: {0}")]
     Connect(#[source] kube::Error),
-    #[error(
-        "watching more than one namespace is not supported yet; pass one --watch-namespace or none"
-    )]
-    ManyNamespaces,
+    #[error("cannot serve health and metrics on {address}: {source}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("leader election failed: {0}")]
+    LeaderElection(String),
+    #[error("lost the leader lease; exiting so that a fresh instance takes part in the election")]
+    LostLease,
+}
+
+/// Resolves once shutdown was asked for.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// First SIGTERM or Ctrl-C drains (controllers finish their reconciles, the lease is released); a
+/// second one aborts at once.
+fn watch_signals(stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        for round in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            if round == 0 {
+                info!("shutting down: finishing running reconciles (signal again to abort)");
+                let _ = stop.send(true);
+            } else {
+                warn!("second signal: aborting");
+                std::process::exit(130);
+            }
+        }
+    });
 }
 
 pub async fn run(options: RunOptions) -> Result<(), AppError> {
     let client = Client::try_default().await.map_err(AppError::Connect)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    watch_signals(stop_tx.clone());
+
+    let listener = tokio::net::TcpListener::bind(options.metrics_address)
+        .await
+        .map_err(|source| AppError::Serve {
+            address: options.metrics_address,
+            source,
+        })?;
+    let server = tokio::spawn(serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let result = match &options.leader_election {
+        None => {
+            run_controllers(
+                &client,
+                &options,
+                metrics.clone(),
+                health.clone(),
+                stopped(stop_rx.clone()),
+            )
+            .await;
+            Ok(())
+        }
+        Some(election) => {
+            lead_then_run(
+                &client,
+                &options,
+                election,
+                metrics,
+                health.clone(),
+                stop_rx.clone(),
+            )
+            .await
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    info!("stopped");
+    result
+}
+
+/// Waits for the lease, runs the controllers while holding it, releases it on shutdown.
+async fn lead_then_run(
+    client: &Client,
+    options: &RunOptions,
+    election: &LeaderElection,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    let identity = format!(
+        "{}-{}",
+        options.instance,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+        .with_namespace(&election.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(election.lease_duration)
+        .with_grace(election.renew_grace)
+        .with_field_manager("smart-operator")
+        .build()
+        .await
+        .map_err(|e| AppError::LeaderElection(e.to_string()))?;
+    let (mut leading, lease_task) = manager.watch().await;
+    // A standby is healthy and ready: it serves its role by waiting.
+    health.ready.store(true, Ordering::Relaxed);
+    info!(lease = %election.lease_name, namespace = %election.lease_namespace, %identity, "waiting for the leader lease");
+    let mut stop_wait = stop.clone();
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() {
+                health.lease_alive.store(false, Ordering::Relaxed);
+                return Err(AppError::LeaderElection("the lease task stopped".into()));
+            },
+            _ = stop_wait.changed() => if *stop_wait.borrow() {
+                drop(leading);
+                release(lease_task).await;
+                return Ok(());
+            },
+        }
+    }
+    info!(%identity, "acquired the leader lease; starting controllers");
+    health.ready.store(false, Ordering::Relaxed);
+    let mut lost_watch = leading.clone();
+    let lost = async move {
+        while *lost_watch.borrow_and_update() {
+            if lost_watch.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let shutdown = {
+        let stop = stopped(stop.clone());
+        async move {
+            tokio::select! {
+                _ = stop => {},
+                _ = lost => { let _ = lost_tx.send(true); },
+            }
+        }
+    };
+    run_controllers(client, options, metrics, health, shutdown).await;
+    let lost_lease = *lost_rx.borrow_and_update();
+    drop(leading);
+    release(lease_task).await;
+    if lost_lease {
+        Err(AppError::LostLease)
+    } else {
+        Ok(())
+    }
+}
+
+/// Ends the lease task and frees the lease so a standby takes over at once instead of waiting for it
+/// to expire.
+async fn release(
+    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+) {
+    match task.await {
+        Ok(Ok(manager)) => match manager.release().await {
+            Ok(()) => info!("released the leader lease"),
+            Err(e) => {
+                warn!(error = %e, "could not release the leader lease; it expires on its own")
+            }
+        },
+        Ok(Err(e)) => warn!(error = %e, "leader election ended with an error"),
+        Err(e) => warn!(error = %e, "leader election task failed"),
+    }
+}
+
+/// Runs every controller until `shutdown` resolves, then lets running reconciles finish.
+async fn run_controllers(
+    client: &Client,
+    options: &RunOptions,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -51,99 +266,154 @@ pub async fn run(options: RunOptions) -> Result<(), AppError> {
         client.clone(),
         recorder,
         options.settings.clone(),
+        metrics,
     ));
-    let namespace = match options.namespaces.as_slice() {
-        [] => None,
-        [one] => Some(one.clone()),
-        _ => return Err(AppError::ManyNamespaces),
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
     };
-    let scoped = |client: &Client| -> (Api<SmartClient>, Api<Secret>, Api<SmartAuthServer>) {
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
+    info!(namespaces = ?options.namespaces, "starting controllers (empty: all namespaces)");
+    let mut controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    let mut stores = Vec::new();
+    for namespace in scopes {
+        let clients: Api<SmartClient> = scoped(client, namespace.as_deref());
+        let secrets: Api<Secret> = scoped(client, namespace.as_deref());
+        let servers: Api<SmartAuthServer> = scoped(client, namespace.as_deref());
+        let controller = Controller::new(clients, watcher::Config::default().any_semantic());
+        let store = controller.store();
+        stores.push(store.clone());
+        let (by_namespaced, by_cluster) = (store.clone(), store);
+        let managed =
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+        let config = kube::runtime::controller::Config::default().concurrency(options.concurrency);
+        controllers.push(Box::pin(
+            controller
+                .with_config(config)
+                .owns(secrets, managed)
+                .watches(
+                    servers.clone(),
+                    watcher::Config::default(),
+                    move |server: SmartAuthServer| {
+                        clients_of(
+                            &by_namespaced,
+                            AuthServerKind::SmartAuthServer,
+                            &server.name_any(),
+                            server.namespace(),
+                        )
+                    },
+                )
+                .watches(
+                    Api::<ClusterSmartAuthServer>::all(client.clone()),
+                    watcher::Config::default(),
+                    move |server: ClusterSmartAuthServer| {
+                        clients_of(
+                            &by_cluster,
+                            AuthServerKind::ClusterSmartAuthServer,
+                            &server.name_any(),
+                            None,
+                        )
+                    },
+                )
+                .graceful_shutdown_on(shutdown.clone())
+                .run(observed_reconcile, error_policy, ctx.clone())
+                .for_each(|_| async {}),
+        ));
+        controllers.push(server_controller(servers, ctx.clone(), shutdown.clone()));
+    }
+    controllers.push(server_controller(
+        Api::<ClusterSmartAuthServer>::all(client.clone()),
+        ctx.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(async move {
+        for store in stores {
+            // The store's readiness signal wakes only its latest waiter (the controller's runner also
+            // waits on it), so poll again now and then instead of waiting once.
+            loop {
+                match tokio::time::timeout(
+                    std::time::Duration::from_millis(250),
+                    store.wait_until_ready(),
+                )
+                .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
+        }
+        info!("watches synced; ready");
+        health.ready.store(true, Ordering::Relaxed);
+    });
+    join_all(controllers).await;
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn server_controller<K: AuthServerResource>(
+    api: Api<K>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(
+        Controller::new(api, watcher::Config::default())
+            .graceful_shutdown_on(shutdown)
+            .run(
+                |server, ctx: Arc<Context>| async move {
+                    let started = Instant::now();
+                    let result = reconcile_server::<K>(server, ctx.clone()).await;
+                    record(&ctx, "authserver", &result, started);
+                    result
+                },
+                server_error_policy::<K>,
+                ctx,
+            )
+            .for_each(|_| async {}),
+    )
+}
+
+async fn observed_reconcile(
+    client: Arc<SmartClient>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile(client, ctx.clone()).await;
+    record(&ctx, "smartclient", &result, started);
+    result
+}
+
+fn record(
+    ctx: &Context,
+    controller: &'static str,
+    result: &Result<Requeue, ReconcileError>,
+    started: Instant,
+) {
+    let outcome = match result {
+        Ok(_) => "success",
+        Err(e) => {
+            ctx.metrics
+                .reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    controller,
+                    reason: e.reason(),
+                })
+                .inc();
+            debug!(controller, reason = e.reason(), "reconcile error");
+            "error"
         }
     };
-    let (clients, secrets, servers) = scoped(&client);
-    info!(
-        namespace = namespace.as_deref().unwrap_or("<all>"),
-        "starting controllers"
-    );
-
-    let controller = Controller::new(clients, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    let by_namespaced_server = store.clone();
-    let by_cluster_server = store;
-    let managed_secrets =
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-    let config = kube::runtime::controller::Config::default().concurrency(options.concurrency);
-    let client_controller = controller
-        .with_config(config.clone())
-        .owns(secrets, managed_secrets)
-        .watches(
-            servers.clone(),
-            watcher::Config::default(),
-            move |server: SmartAuthServer| {
-                clients_of(
-                    &by_namespaced_server,
-                    AuthServerKind::SmartAuthServer,
-                    &server.name_any(),
-                    server.namespace(),
-                )
-            },
-        )
-        .watches(
-            Api::<ClusterSmartAuthServer>::all(client.clone()),
-            watcher::Config::default(),
-            move |server: ClusterSmartAuthServer| {
-                clients_of(
-                    &by_cluster_server,
-                    AuthServerKind::ClusterSmartAuthServer,
-                    &server.name_any(),
-                    None,
-                )
-            },
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                debug!(%error, "smartclient reconcile error");
-            }
-        });
-    let server_controller = Controller::new(servers, watcher::Config::default())
-        .shutdown_on_signal()
-        .run(
-            reconcile_server::<SmartAuthServer>,
-            server_error_policy::<SmartAuthServer>,
-            ctx.clone(),
-        )
-        .for_each(|_| async {});
-    let cluster_server_controller = Controller::new(
-        Api::<ClusterSmartAuthServer>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .shutdown_on_signal()
-    .run(
-        reconcile_server::<ClusterSmartAuthServer>,
-        server_error_policy::<ClusterSmartAuthServer>,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
-    tokio::join!(
-        client_controller,
-        server_controller,
-        cluster_server_controller
-    );
-    info!("controllers stopped");
-    Ok(())
+    ctx.metrics
+        .observe_reconcile(controller, outcome, started.elapsed());
 }
 
 /// The SmartClients that refer to an auth server, to reconcile them when it changes.

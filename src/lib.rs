@@ -6,3 +6,4 @@ pub mod controller;
 pub mod crd;
 pub mod devserver;
 pub mod manifests;
+pub mod telemetry;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use smart_operator::app::{RunOptions, run};
+use smart_operator::app::{LeaderElection, RunOptions, run};
 use smart_operator::controller::Settings;
 
 /// Kubernetes operator that registers SMART on FHIR OAuth clients declaratively.
@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (in a cluster, or against the current kubeconfig).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions and admission policies as YAML (pipe to `kubectl apply -f -`).
     Crd,
     /// Print the version.
@@ -30,9 +30,29 @@ struct RunArgs {
     /// Namespace the operator runs in; ClusterSmartAuthServer credential Secrets are read only from here.
     #[arg(long, env = "POD_NAMESPACE", default_value = "smart-operator")]
     operator_namespace: String,
-    /// Watch only this namespace for SmartClients and SmartAuthServers (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces for SmartClients and SmartAuthServers (comma-separated or repeated;
+    /// default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
+    /// Reconcile ClusterSmartAuthServers (discovery and status). Turn off in extra operator instances
+    /// that share a cluster with another one that does.
+    #[arg(long, env = "SMART_WATCH_CLUSTER_SERVERS", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_cluster_servers: bool,
+    /// Where to serve /metrics, /livez and /readyz.
+    #[arg(long, env = "SMART_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+    /// Run only while holding a Lease, so that several replicas can run with one active.
+    #[arg(long, env = "SMART_LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, env = "SMART_LEASE_NAME", default_value = "smart-operator")]
+    lease_name: String,
+    /// Namespace of the leader election Lease (default: the operator namespace).
+    #[arg(long, env = "SMART_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a Lease stays valid after its last renewal: the longest a dead leader blocks a standby.
+    #[arg(long, env = "SMART_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
     /// Name in Events' reportingInstance, usually the Pod name.
     #[arg(long, env = "POD_NAME", default_value = "smart-operator")]
     instance: String,
@@ -105,11 +125,27 @@ async fn main() -> std::process::ExitCode {
                 ..Settings::default()
             };
             settings.http.request_timeout = args.http_timeout;
+            let leader_election = args.leader_election.then(|| LeaderElection {
+                lease_name: args.lease_name.clone(),
+                lease_namespace: args
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| settings.operator_namespace.clone()),
+                lease_duration: args.lease_duration.max(2),
+                renew_grace: (args.lease_duration / 3).max(1),
+            });
             let options = RunOptions {
                 settings,
-                namespaces: args.watch_namespace.into_iter().collect(),
+                namespaces: args
+                    .watch_namespace
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .collect(),
                 instance: args.instance,
                 concurrency: args.concurrency,
+                metrics_address: args.metrics_address,
+                leader_election,
+                cluster_servers: args.watch_cluster_servers,
             };
             match run(options).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,

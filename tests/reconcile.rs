@@ -521,7 +521,12 @@ async fn server_errors_back_off_exponentially_and_recover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_missing_or_unready_server_means_no_remote_call() {
-    let s = setup("trust", DevDialect::Rfc7591, &[]).await;
+    let s = setup(
+        "trust",
+        DevDialect::Rfc7591,
+        &["--watch-cluster-servers", "true"],
+    )
+    .await;
     let mut missing = smart_client("missing", json!({}));
     missing["spec"]["authServerRef"] = json!({"name": "nope"});
     create(&s.client, Some(&s.ns), missing).await.unwrap();
@@ -701,7 +706,7 @@ async fn restarting_the_operator_makes_no_registration_and_no_token_mint() {
     for i in 0..n {
         wait_for_ready(&s.client, &s.ns, &format!("app-{i}"), "True", "Ready").await;
     }
-    s.operator.stop();
+    let _ = s.operator.stop();
     let registers = s.server.count("register").await;
     let mints = s.server.count("debug_token").await;
     assert_eq!((registers, mints), (n, n));

@@ -3,6 +3,7 @@
 pub mod auth_server;
 pub mod conditions;
 pub mod desired;
+pub mod observed;
 pub mod plan;
 pub mod reconcile;
 pub mod resolve;

@@ -20,6 +20,7 @@ use super::conditions::set_condition;
 use super::desired::{
     desired_metadata, generate_client_secret, metadata_hash, s4s_legacy_client_id,
 };
+use super::observed::ObservedAuthServer;
 use super::plan::{
     Action, PlanInput, USER_ERROR_REASONS, backoff_delay, plan_next_action, refresh_due_at,
 };
@@ -38,6 +39,7 @@ use crate::crd::{
     DebugTokenStatus, DeletionPolicy, Dialect, OrphanedClient, RetryStatus, SmartClient,
     SmartClientStatus, condition,
 };
+use crate::telemetry::Metrics;
 
 /// Finalizer that lets the operator delete the remote registration before the object goes.
 pub const FINALIZER: &str = "smart.fhir.dev/cleanup";
@@ -87,16 +89,23 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub settings: Settings,
+    pub metrics: Arc<Metrics>,
     memory: Mutex<HashMap<String, Memory>>,
     http_clients: Mutex<HashMap<String, HttpClient>>,
 }
 
 impl Context {
-    pub fn new(client: Client, recorder: Recorder, settings: Settings) -> Self {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
             recorder,
             settings,
+            metrics,
             memory: Mutex::default(),
             http_clients: Mutex::default(),
         }
@@ -196,7 +205,7 @@ impl Context {
         &self,
         server: &ResolvedServer,
         with_initial_token: bool,
-    ) -> Result<AuthServerClient, ReconcileError> {
+    ) -> Result<ObservedAuthServer, ReconcileError> {
         let http = self.http_client(server).await?;
         let initial_access_token = match (&server.spec.credentials, with_initial_token) {
             (Some(credentials), true) => Some(
@@ -210,12 +219,17 @@ impl Context {
             ),
             _ => None,
         };
-        Ok(AuthServerClient::new(
+        let inner = AuthServerClient::new(
             server.dialect(),
             http,
             &server.endpoints,
             initial_access_token,
-        )?)
+        )?;
+        Ok(ObservedAuthServer {
+            inner,
+            metrics: self.metrics.clone(),
+            server: server.metric_label(),
+        })
     }
 
     async fn publish(
@@ -388,7 +402,7 @@ impl Run<'_> {
         });
         self.status.secret_name = Some(secret_name);
 
-        let mut auth: Option<AuthServerClient> = None;
+        let mut auth: Option<ObservedAuthServer> = None;
         // Each step changes what the plan sees; a handful always suffices, the bound is a safety net.
         for _ in 0..16 {
             let public = self.public_values(&server, &desired.scopes);
@@ -548,7 +562,7 @@ impl Run<'_> {
 
     async fn register(
         &mut self,
-        auth: &AuthServerClient,
+        auth: &ObservedAuthServer,
         server: &ResolvedServer,
         desired: &crate::authserver::ClientMetadata,
         desired_hash: &str,
@@ -702,7 +716,7 @@ impl Run<'_> {
 
     async fn update(
         &mut self,
-        auth: &AuthServerClient,
+        auth: &ObservedAuthServer,
         server: &ResolvedServer,
         desired: &crate::authserver::ClientMetadata,
         desired_hash: &str,
@@ -749,7 +763,7 @@ impl Run<'_> {
         }
     }
 
-    async fn probe(&mut self, auth: &AuthServerClient) -> Result<(), ReconcileError> {
+    async fn probe(&mut self, auth: &ObservedAuthServer) -> Result<(), ReconcileError> {
         let credentials = self
             .credentials
             .clone()
@@ -784,7 +798,7 @@ impl Run<'_> {
 
     async fn mint(
         &mut self,
-        auth: &AuthServerClient,
+        auth: &ObservedAuthServer,
         server: &ResolvedServer,
         scopes: &[String],
         name: &str,
@@ -861,6 +875,15 @@ impl Run<'_> {
         self.status
             .debug_tokens
             .retain(|t| token_names.contains(&t.name));
+        self.ctx.metrics.forget_tokens_of(&self.uid);
+        for token in &self.status.debug_tokens {
+            if let (Some(expires), Some(refresh)) = (&token.expires_at, &token.next_refresh_at) {
+                let schedule = (expires.0.as_second(), refresh.0.as_second());
+                self.ctx
+                    .metrics
+                    .set_token_schedule(&format!("{}/{}", self.uid, token.name), Some(schedule));
+            }
+        }
         if !token_names.is_empty() {
             set_condition(
                 &mut self.status.conditions,
@@ -1042,7 +1065,10 @@ fn as_client_credentials(credentials: &StoredCredentials) -> ClientCredentials {
 /// Finalization: delete the remote registration when the policy and dialect allow, never hang.
 async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
     let uid = client.uid().unwrap_or_default();
-    let let_go = |ctx: &Context| ctx.forget(&uid);
+    let let_go = |ctx: &Context| {
+        ctx.forget(&uid);
+        ctx.metrics.forget_tokens_of(&uid);
+    };
     let orphan = |note: String| async move {
         ctx.publish(client, EventType::Normal, "Orphaned", "Delete", note)
             .await;

@@ -71,6 +71,15 @@ impl ResolvedServer {
     pub fn dialect(&self) -> Dialect {
         self.spec.dialect
     }
+
+    /// `SmartAuthServer/<namespace>/<name>` or `ClusterSmartAuthServer/<name>`, for metrics.
+    pub fn metric_label(&self) -> String {
+        if self.kind == "SmartAuthServer" {
+            format!("{}/{}/{}", self.kind, self.secrets_namespace, self.name)
+        } else {
+            format!("{}/{}", self.kind, self.name)
+        }
+    }
 }
 
 /// Resolves `spec.authServerRef` and applies the trust model: same-namespace SmartAuthServer, or a

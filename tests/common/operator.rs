@@ -52,6 +52,10 @@ impl Operator {
             ("--backoff-cap", "2s"),
             ("--http-timeout", "2s"),
             ("--log", "smart_operator=debug,info"),
+            ("--metrics-address", "127.0.0.1:0"),
+            // Tests run many operators on one control plane; only those that test cluster servers
+            // reconcile them, or they would fight over their status.
+            ("--watch-cluster-servers", "false"),
         ];
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -76,28 +80,36 @@ impl Operator {
         self.child = Some(child);
     }
 
-    /// Stops the operator with SIGTERM (as Kubernetes does) and waits for it to exit.
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+    /// Stops the operator with SIGTERM (as Kubernetes does) and waits for it to exit; returns its exit
+    /// status, or None if it had to be killed after 10 s.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
+        None
+    }
+
+    /// Kills the operator without warning (a crashed Pod or a lost node).
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Starts it again with the same arguments (a restart).
     pub fn restart(&mut self) {
-        self.stop();
+        let _ = self.stop();
         self.spawn();
     }
 

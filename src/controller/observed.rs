@@ -1,0 +1,84 @@
+//! An auth server client that records every operation in the metrics (server, operation, outcome,
+//! latency). The controller only ever talks to auth servers through this.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use secrecy::SecretString;
+
+use crate::authserver::{
+    AuthServer, AuthServerClient, AuthServerError, ClientCredentials, ClientMetadata,
+    DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient, TokenInfo,
+};
+use crate::telemetry::Metrics;
+
+pub struct ObservedAuthServer {
+    pub inner: AuthServerClient,
+    pub metrics: Arc<Metrics>,
+    /// `<kind>/<namespace>/<name>` of the auth server resource.
+    pub server: String,
+}
+
+impl ObservedAuthServer {
+    async fn observe<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, AuthServerError>>,
+    ) -> Result<T, AuthServerError> {
+        let started = Instant::now();
+        let result = call.await;
+        let status = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.reason(),
+        };
+        self.metrics
+            .observe_request(&self.server, operation, status, started.elapsed());
+        result
+    }
+}
+
+impl AuthServer for ObservedAuthServer {
+    async fn register(
+        &self,
+        metadata: &ClientMetadata,
+        chosen: Option<&ClientCredentials>,
+    ) -> Result<RegisteredClient, AuthServerError> {
+        self.observe("register", self.inner.register(metadata, chosen))
+            .await
+    }
+
+    async fn read(&self, client: &ClientCredentials) -> Result<RegisteredClient, AuthServerError> {
+        self.observe("read", self.inner.read(client)).await
+    }
+
+    async fn update(
+        &self,
+        client: &ClientCredentials,
+        metadata: &ClientMetadata,
+    ) -> Result<RegisteredClient, AuthServerError> {
+        self.observe("update", self.inner.update(client, metadata))
+            .await
+    }
+
+    async fn delete(&self, client: &ClientCredentials) -> Result<(), AuthServerError> {
+        self.observe("delete", self.inner.delete(client)).await
+    }
+
+    async fn mint_debug_token(
+        &self,
+        client: &ClientCredentials,
+        request: &DebugTokenRequest,
+    ) -> Result<DebugTokenGrant, AuthServerError> {
+        self.observe("debug_token", self.inner.mint_debug_token(client, request))
+            .await
+    }
+
+    async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {
+        self.observe("introspect", self.inner.introspect(access_token))
+            .await
+    }
+
+    async fn probe(&self, client: &ClientCredentials) -> Result<Existence, AuthServerError> {
+        self.observe("probe", self.inner.probe(client)).await
+    }
+}
