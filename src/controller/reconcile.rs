@@ -91,7 +91,8 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     memory: Mutex<HashMap<String, Memory>>,
-    http_clients: Mutex<HashMap<String, HttpClient>>,
+    /// Per auth server: the fingerprint it was built for, and the client.
+    http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
 }
 
 impl Context {
@@ -179,12 +180,13 @@ impl Context {
     }
 
     async fn http_client(&self, server: &ResolvedServer) -> Result<HttpClient, ReconcileError> {
-        if let Some(http) = self
-            .http_clients
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&server.fingerprint).cloned())
-        {
+        // One client per auth server, rebuilt when the server resource changes (a new CA, say).
+        let key = server.metric_label();
+        if let Some(http) = self.http_clients.lock().ok().and_then(|c| {
+            c.get(&key)
+                .filter(|(f, _)| *f == server.fingerprint)
+                .map(|(_, h)| h.clone())
+        }) {
             return Ok(http);
         }
         let settings = http_settings(
@@ -196,7 +198,7 @@ impl Context {
         .await?;
         let http = HttpClient::new(&settings)?;
         if let Ok(mut cache) = self.http_clients.lock() {
-            cache.insert(server.fingerprint.clone(), http.clone());
+            cache.insert(key, (server.fingerprint.clone(), http.clone()));
         }
         Ok(http)
     }
