@@ -995,3 +995,58 @@ async fn no_secret_reaches_logs_events_or_status_even_at_trace_level() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_name_keys_labels_and_annotations_follow_the_spec() {
+    let s = setup("byo-secret", DevDialect::Rfc7591, &[]).await;
+    let secret_spec = json!({"secret": {
+        "name": "lab-results-oauth",
+        "keys": {"client_id": "OAUTH_CLIENT_ID", "client_secret": "OAUTH_CLIENT_SECRET", "token_endpoint": "OAUTH_TOKEN_URL"},
+        "labels": {"team": "labs"},
+        "annotations": {"reloader.stakater.com/match": "true"},
+    }});
+    create(&s.client, Some(&s.ns), smart_client("app", secret_spec))
+        .await
+        .unwrap();
+    let ready = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(ready.secret_name.as_deref(), Some("lab-results-oauth"));
+    let secret = get_secret(&s.client, &s.ns, "lab-results-oauth")
+        .await
+        .expect("the Secret has the chosen name");
+    assert_eq!(secret_value(&secret, "OAUTH_CLIENT_ID"), ready.client_id);
+    assert!(secret_value(&secret, "OAUTH_CLIENT_SECRET").is_some());
+    assert!(secret_value(&secret, "OAUTH_TOKEN_URL").is_some_and(|u| u.ends_with("/oauth2/token")));
+    assert!(
+        secret_value(&secret, "client_id").is_none(),
+        "renamed keys are not also written under their default names"
+    );
+    assert_eq!(
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("team")
+            .map(String::as_str),
+        Some("labs")
+    );
+    assert_eq!(
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap()
+            .get("reloader.stakater.com/match")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        get_secret(&s.client, &s.ns, "app-smart-client")
+            .await
+            .is_none(),
+        "no Secret under the default name"
+    );
+}
