@@ -322,11 +322,13 @@ async fn run_controllers(
         ));
         controllers.push(server_controller(servers, ctx.clone(), shutdown.clone()));
     }
-    controllers.push(server_controller(
-        Api::<ClusterSmartAuthServer>::all(client.clone()),
-        ctx.clone(),
-        shutdown.clone(),
-    ));
+    if options.cluster_servers {
+        controllers.push(server_controller(
+            Api::<ClusterSmartAuthServer>::all(client.clone()),
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(async move {
         for store in stores {
             // The store's readiness signal wakes only its latest waiter (the controller's runner also
