@@ -129,6 +129,22 @@ async fn rfc7591_client_is_registered_and_its_credentials_land_in_an_owned_secre
             .await
             .contains(&client_id)
     );
+    // What users and pipelines type:
+    let (ok, out, err) = run_tool(
+        "kubectl",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "smc/app",
+            "-n",
+            &s.ns,
+            "--timeout=30s",
+        ],
+    );
+    assert!(
+        ok && out.contains("condition met"),
+        "kubectl wait failed: {out}{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
