@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
@@ -1035,6 +1036,22 @@ async fn install_crds(client: &Client) -> Res<()> {
             .patch(&p.binding.name_any(), &params, &Patch::Apply(&p.binding))
             .await?;
     }
+    // As the chart installs it on Kubernetes 1.36+: new SmartClients carry the finalizer already.
+    let finalizer = smart_operator::crd::admission::finalizer_policy();
+    Api::<MutatingAdmissionPolicy>::all(client.clone())
+        .patch(
+            &finalizer.policy.name_any(),
+            &params,
+            &Patch::Apply(&finalizer.policy),
+        )
+        .await?;
+    Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
+        .patch(
+            &finalizer.binding.name_any(),
+            &params,
+            &Patch::Apply(&finalizer.binding),
+        )
+        .await?;
     Ok(())
 }
 
@@ -1058,6 +1075,29 @@ async fn start_namespace_deletion(client: &Client, name: &str) -> Res<()> {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Removes the finalizers of every SmartClient of a namespace no operator watches.
+async fn release_finalizers(client: &Client, namespace: &str, concurrency: usize) -> Res<()> {
+    let api: Api<SmartClient> = Api::namespaced(client.clone(), namespace);
+    let names: Vec<String> = api
+        .list_metadata(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| !c.finalizers().is_empty())
+        .map(|c| c.name_any())
+        .collect();
+    let patch = Patch::Merge(json!({ "metadata": { "finalizers": null } }));
+    futures::stream::iter(names)
+        .map(|name| {
+            let (api, patch) = (&api, &patch);
+            async move { api.patch(&name, &PatchParams::default(), patch).await }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// Deletes every SmartClient of a namespace and waits until they are gone (their finalizers handled).
@@ -1582,8 +1622,9 @@ impl Bench {
         result["auth_server"] = auth.to_json();
         result["cpu_s"] = self.cpu_since(&cpu_before);
         drop(watch);
+        // No operator handles these: take off the finalizer the admission policy put on.
+        release_finalizers(&self.client, &namespace, self.options.create_concurrency).await?;
         if self.options.quick {
-            // Nothing here has a finalizer: let the controller-manager remove it in the background.
             start_namespace_deletion(&self.client, &namespace).await?;
         } else if !self.options.keep {
             delete_namespace(&self.client, &namespace, Duration::from_secs(300)).await?;

@@ -13,13 +13,14 @@ use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::controller::auth_server::{AuthServerResource, reconcile_server, server_error_policy};
+use crate::controller::cache::{Caches, cached_watch};
 use crate::controller::reconcile::{ReconcileError, error_policy, reconcile};
 use crate::controller::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::controller::{Context, Settings};
@@ -262,12 +263,6 @@ async fn run_controllers(
             instance: Some(options.instance.clone()),
         },
     );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        recorder,
-        options.settings.clone(),
-        metrics,
-    ));
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
@@ -275,26 +270,59 @@ async fn run_controllers(
         options.namespaces.iter().cloned().map(Some).collect()
     };
     info!(namespaces = ?options.namespaces, "starting controllers (empty: all namespaces)");
+    // First the watches of every scope, so that one Context sees all their stores.
+    let mut caches = Caches::default();
+    let mut watches = Vec::new();
+    for namespace in &scopes {
+        let (clients, client_events) = cached_watch::<SmartClient>(
+            scoped(client, namespace.as_deref()),
+            watcher::Config::default().any_semantic(),
+        );
+        let (secrets, secret_events) = cached_watch::<Secret>(
+            scoped(client, namespace.as_deref()),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
+        );
+        let (servers, server_events) = cached_watch::<SmartAuthServer>(
+            scoped(client, namespace.as_deref()),
+            watcher::Config::default(),
+        );
+        let (cluster_servers, cluster_server_events) = cached_watch::<ClusterSmartAuthServer>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+        );
+        caches.secrets.push(secrets);
+        caches.servers.push(servers);
+        caches.cluster_servers.push(cluster_servers);
+        watches.push((
+            namespace.clone(),
+            clients,
+            client_events,
+            secret_events,
+            server_events,
+            cluster_server_events,
+        ));
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        recorder,
+        options.settings.clone(),
+        metrics,
+        caches,
+    ));
     let mut controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     let mut stores = Vec::new();
-    for namespace in scopes {
-        let clients: Api<SmartClient> = scoped(client, namespace.as_deref());
-        let secrets: Api<Secret> = scoped(client, namespace.as_deref());
-        let servers: Api<SmartAuthServer> = scoped(client, namespace.as_deref());
-        let controller = Controller::new(clients, watcher::Config::default().any_semantic());
-        let store = controller.store();
+    for (namespace, store, client_events, secret_events, server_events, cluster_server_events) in
+        watches
+    {
         stores.push(store.clone());
-        let (by_namespaced, by_cluster) = (store.clone(), store);
-        let managed =
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+        let (by_namespaced, by_cluster) = (store.clone(), store.clone());
         let config = kube::runtime::controller::Config::default().concurrency(options.concurrency);
         controllers.push(Box::pin(
-            controller
+            Controller::for_stream(client_events.applied_objects(), store)
                 .with_config(config)
-                .owns(secrets, managed)
-                .watches(
-                    servers.clone(),
-                    watcher::Config::default(),
+                .owns_stream(secret_events.touched_objects())
+                .watches_stream(
+                    server_events.touched_objects(),
                     move |server: SmartAuthServer| {
                         clients_of(
                             &by_namespaced,
@@ -304,9 +332,8 @@ async fn run_controllers(
                         )
                     },
                 )
-                .watches(
-                    Api::<ClusterSmartAuthServer>::all(client.clone()),
-                    watcher::Config::default(),
+                .watches_stream(
+                    cluster_server_events.touched_objects(),
                     move |server: ClusterSmartAuthServer| {
                         clients_of(
                             &by_cluster,
@@ -320,7 +347,11 @@ async fn run_controllers(
                 .run(observed_reconcile, error_policy, ctx.clone())
                 .for_each(|_| async {}),
         ));
-        controllers.push(server_controller(servers, ctx.clone(), shutdown.clone()));
+        controllers.push(server_controller(
+            scoped::<SmartAuthServer>(client, namespace.as_deref()),
+            ctx.clone(),
+            shutdown.clone(),
+        ));
     }
     if options.cluster_servers {
         controllers.push(server_controller(

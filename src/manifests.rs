@@ -39,6 +39,15 @@ pub fn rendered() -> Result<Vec<(String, String)>, ManifestError> {
             format!("{policy_yaml}---\n{binding_yaml}"),
         ));
     }
+    let crd::admission::MutatingPolicyWithBinding { policy, binding } =
+        crd::admission::finalizer_policy();
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let policy_yaml = to_yaml(&name, &policy)?;
+    let binding_yaml = to_yaml(&name, &binding)?;
+    out.push((
+        format!("mutatingadmissionpolicy-{name}.yaml"),
+        format!("{policy_yaml}---\n{binding_yaml}"),
+    ));
     Ok(out)
 }
 

@@ -576,25 +576,18 @@ async fn bad_manifests_are_rejected_with_a_message_naming_the_field() {
 /// rejects a known-bad probe so the table below measures the rules, not the start-up race.
 async fn wait_for_dialect_policies(client: &kube::Client, ns: Option<&str>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let probe = smart_client("policy-probe", |s| {
+    for attempt in 0.. {
+        // A new name each time: a probe that got through carries the cleanup finalizer (no operator
+        // runs here to remove it), so it stays.
+        let name = format!("policy-probe-{attempt}");
+        let probe = smart_client(&name, |s| {
             s["authServerRef"] = json!({"name": "dcr"});
             s["clientId"] = json!("probe");
         });
         match create(client, ns, probe.clone()).await {
             Err(kube::Error::Api(status)) if status.message.contains("spec.clientId") => return,
             Err(other) => panic!("probe failed for another reason: {other}"),
-            Ok(_) => {
-                let api = api_for(
-                    client,
-                    &kube::core::GroupVersionKind::gvk("smart.fhir.dev", "v1alpha1", "SmartClient"),
-                    ns,
-                )
-                .await;
-                api.delete("policy-probe", &Default::default())
-                    .await
-                    .unwrap();
-            }
+            Ok(_) => {}
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -602,6 +595,65 @@ async fn wait_for_dialect_policies(client: &kube::Client, ns: Option<&str>) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test]
+async fn new_smart_clients_get_the_cleanup_finalizer_at_admission() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client, "finalizer-policy").await;
+    let ns = Some(ns.as_str());
+    let finalizers = |object: &kube::api::DynamicObject| -> Vec<String> {
+        object.metadata.finalizers.clone().unwrap_or_default()
+    };
+    // The policy takes effect a moment after it is created.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for attempt in 0.. {
+        let created = create(
+            &client,
+            ns,
+            smart_client(&format!("probe-{attempt}"), |_| {}),
+        )
+        .await
+        .unwrap();
+        if finalizers(&created) == ["smart.fhir.dev/cleanup"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the finalizer policy never took effect: {:?}",
+            finalizers(&created)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // Someone else's finalizer stays, and the policy's comes after it, once.
+    let mut other = smart_client("with-other", |_| {});
+    other["metadata"]["finalizers"] = json!(["example.com/keep"]);
+    let created = create(&client, ns, other).await.unwrap();
+    assert_eq!(
+        finalizers(&created),
+        ["example.com/keep", "smart.fhir.dev/cleanup"]
+    );
+    let mut both = smart_client("with-both", |_| {});
+    both["metadata"]["finalizers"] = json!(["smart.fhir.dev/cleanup"]);
+    let created = create(&client, ns, both).await.unwrap();
+    assert_eq!(finalizers(&created), ["smart.fhir.dev/cleanup"]);
+    // Only creation is mutated: a finalizer removed later is the operator's business.
+    let api = api_for(
+        &client,
+        &kube::core::GroupVersionKind::gvk("smart.fhir.dev", "v1alpha1", "SmartClient"),
+        ns,
+    )
+    .await;
+    let patched = api
+        .patch(
+            "with-both",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    assert!(patched.metadata.finalizers.unwrap_or_default().is_empty());
 }
 
 #[tokio::test]

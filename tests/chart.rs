@@ -77,6 +77,10 @@ fn set_args<'a>(values: &[&'a str]) -> Vec<&'a str> {
 
 /// `helm template` with `values`, as release `release` in namespace `ops`; Ok(objects) or Err(stderr).
 fn try_render(values: &[&str]) -> Result<Vec<Value>, String> {
+    try_render_for(RENDER_KUBE_VERSION, values)
+}
+
+fn try_render_for(kube_version: &str, values: &[&str]) -> Result<Vec<Value>, String> {
     let chart = chart();
     let mut args = vec![
         "template",
@@ -85,7 +89,7 @@ fn try_render(values: &[&str]) -> Result<Vec<Value>, String> {
         "--namespace",
         "ops",
         "--kube-version",
-        RENDER_KUBE_VERSION,
+        kube_version,
     ];
     args.extend(set_args(values));
     let (ok, out, err) = helm_result(&args);
@@ -230,6 +234,8 @@ fn chart_renders_the_operator_its_rbac_and_the_api_by_default() {
         ("ClusterRoleBinding", 2),
         ("CustomResourceDefinition", 3),
         ("Deployment", 1),
+        ("MutatingAdmissionPolicy", 1),
+        ("MutatingAdmissionPolicyBinding", 1),
         ("Role", 1),
         ("RoleBinding", 1),
         ("Service", 1),
@@ -249,6 +255,26 @@ fn chart_renders_the_operator_its_rbac_and_the_api_by_default() {
             kind_and_name(object)
         );
     }
+}
+
+/// MutatingAdmissionPolicy is GA from 1.36: older clusters get everything else, and the operator adds
+/// the finalizer itself there.
+#[test]
+fn the_finalizer_policy_renders_only_for_kubernetes_1_36_and_later() {
+    let old = kinds(&try_render_for("1.35.0", &[]).unwrap());
+    assert!(!old.contains_key("MutatingAdmissionPolicy"), "{old:?}");
+    assert!(
+        !old.contains_key("MutatingAdmissionPolicyBinding"),
+        "{old:?}"
+    );
+    assert_eq!(old.get("ValidatingAdmissionPolicy"), Some(&2), "{old:?}");
+    let current = render(&[]);
+    let policy = only(&current, "MutatingAdmissionPolicy");
+    assert_eq!(policy["spec"]["failurePolicy"], "Ignore");
+    assert_eq!(
+        only(&current, "MutatingAdmissionPolicyBinding")["spec"]["policyName"],
+        policy["metadata"]["name"]
+    );
 }
 
 #[test]
@@ -293,6 +319,8 @@ fn optional_features_render_only_when_switched_on() {
         "CustomResourceDefinition",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
         "ClusterRole",
         "ClusterRoleBinding",
         "Role",
@@ -324,6 +352,8 @@ fn chart_crds_are_the_generated_ones_with_labels_and_the_keep_policy() {
         "CustomResourceDefinition",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
     ];
     for keep in [true, false] {
         let rendered: BTreeMap<(String, String), Value> = render(&[&format!("crds.keep={keep}")])
@@ -344,9 +374,12 @@ fn chart_crds_are_the_generated_ones_with_labels_and_the_keep_policy() {
                 .clone();
             let metadata = object["metadata"].as_object_mut().unwrap();
             let annotations = metadata.remove("annotations").unwrap_or(Value::Null);
+            // The finalizer policy is the operator's behaviour, not API: it goes with the operator, or
+            // SmartClients created afterwards would get a finalizer nobody removes.
+            let kept = keep && !key.0.starts_with("Mutating");
             assert_eq!(
                 annotations["helm.sh/resource-policy"].as_str(),
-                keep.then_some("keep"),
+                kept.then_some("keep"),
                 "{key:?} with crds.keep={keep}"
             );
             let mut labels = metadata.remove("labels").unwrap_or(json!({}));
@@ -1062,6 +1095,11 @@ async fn get_dynamic(client: &kube::Client, kind: &str, name: &str) -> DynamicOb
         "ValidatingAdmissionPolicyBinding" => (
             "admissionregistration.k8s.io",
             "validatingadmissionpolicybindings",
+        ),
+        "MutatingAdmissionPolicy" => ("admissionregistration.k8s.io", "mutatingadmissionpolicies"),
+        "MutatingAdmissionPolicyBinding" => (
+            "admissionregistration.k8s.io",
+            "mutatingadmissionpolicybindings",
         ),
         other => panic!("unexpected kind {other}"),
     };

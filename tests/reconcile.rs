@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use common::operator::*;
 use common::*;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use smart_operator::controller::reconcile::FINALIZER;
 use smart_operator::crd::SmartClient;
 use smart_operator::devserver::Dialect as DevDialect;
 
@@ -145,6 +147,47 @@ async fn rfc7591_client_is_registered_and_its_credentials_land_in_an_owned_secre
         ok && out.contains("condition met"),
         "kubectl wait failed: {out}{err}"
     );
+}
+
+/// The admission policy usually puts the finalizer on at creation; where it is missing (older clusters,
+/// or someone removed it) the operator puts it back, and registers only once it is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_finalizer_is_put_back_and_nothing_is_registered_twice() {
+    let s = setup("finalizer", DevDialect::Rfc7591, &[]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    api(&s)
+        .patch(
+            "app",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    let restored = eventually(
+        "the operator puts its finalizer back",
+        Duration::from_secs(30),
+        || async {
+            api(&s)
+                .get("app")
+                .await
+                .ok()
+                .filter(|c| c.finalizers().iter().any(|f| f == FINALIZER))
+        },
+    )
+    .await;
+    assert_eq!(restored.finalizers(), [FINALIZER]);
+    assert_eq!(s.server.clients().await.len(), 1, "no second registration");
+    // With the finalizer back, deletion still cleans up the registration.
+    api(&s).delete("app", &Default::default()).await.unwrap();
+    eventually(
+        "the registration is deleted with the SmartClient",
+        Duration::from_secs(30),
+        || async { s.server.clients().await.is_empty().then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The controllers: SmartClient (resolve → plan → apply → status) and the two auth server kinds.
 
 pub mod auth_server;
+pub mod cache;
 pub mod conditions;
 pub mod desired;
 pub mod observed;

@@ -12,10 +12,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::cache::Caches;
 use super::conditions::set_condition;
 use super::desired::{
     desired_metadata, generate_client_secret, metadata_hash, s4s_legacy_client_id,
@@ -42,7 +43,8 @@ use crate::crd::{
 use crate::telemetry::Metrics;
 
 /// Finalizer that lets the operator delete the remote registration before the object goes.
-pub const FINALIZER: &str = "smart.fhir.dev/cleanup";
+/// New SmartClients usually carry it from admission already (see `crd::admission::finalizer_policy`).
+pub const FINALIZER: &str = crate::crd::admission::CLEANUP_FINALIZER;
 /// Annotation that lets a SmartClient whose cleanup is blocked go without deleting the registration.
 pub const ABANDON_ANNOTATION: &str = "smart.fhir.dev/abandon-registration";
 /// Field manager of everything the operator writes.
@@ -90,6 +92,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
+    pub caches: Caches,
     memory: Mutex<HashMap<String, Memory>>,
     /// Per auth server: the fingerprint it was built for, and the client.
     http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
@@ -101,12 +104,14 @@ impl Context {
         recorder: Recorder,
         settings: Settings,
         metrics: Arc<Metrics>,
+        caches: Caches,
     ) -> Self {
         Self {
             client,
             recorder,
             settings,
             metrics,
+            caches,
             memory: Mutex::default(),
             http_clients: Mutex::default(),
         }
@@ -137,6 +142,17 @@ impl Context {
             .filter(|(written_generation, _)| *written_generation == generation)
             .map(|(_, status)| status)
             .unwrap_or_else(|| client.status.clone().unwrap_or_default())
+    }
+
+    /// Whether this operator wrote a status for this generation (which the object may not show yet).
+    fn wrote_status(&self, client: &SmartClient) -> bool {
+        let uid = client.uid().unwrap_or_default();
+        let generation = client.metadata.generation.unwrap_or_default();
+        self.memory.lock().ok().is_some_and(|m| {
+            m.get(&uid)
+                .and_then(|m| m.written_status.as_ref())
+                .is_some_and(|(written, _)| *written == generation)
+        })
     }
 
     fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
@@ -249,10 +265,15 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        // Events are best effort: a terminating namespace refuses them, and that must not block cleanup.
-        if let Err(e) = self.recorder.publish(&event, &client.object_ref(&())).await {
-            debug!(error = %e, "could not publish event");
-        }
+        // Events are best effort and off the reconcile's path: a terminating namespace refuses them,
+        // and neither that nor a slow apiserver may hold up a reconcile or its cleanup.
+        let recorder = self.recorder.clone();
+        let reference = client.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                debug!(error = %e, "could not publish event");
+            }
+        });
     }
 }
 
@@ -265,8 +286,6 @@ pub enum ReconcileError {
     Resolve(#[from] ResolveError),
     #[error("kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     #[error("{0}")]
     CredentialsLost(String),
     #[error("deleting the registration failed; retrying in {}s", retry_in.as_secs())]
@@ -281,7 +300,6 @@ impl ReconcileError {
             ReconcileError::AuthServer(e) => e.reason(),
             ReconcileError::Resolve(e) => e.reason(),
             ReconcileError::Kube(_) => "KubernetesApiError",
-            ReconcileError::Finalizer(_) => "FinalizerError",
             ReconcileError::CredentialsLost(_) => "CredentialsLost",
             ReconcileError::CleanupPending { .. } => "CleanupPending",
             ReconcileError::CleanupBlocked => "DeletionBlocked",
@@ -289,25 +307,72 @@ impl ReconcileError {
     }
 }
 
-/// Entry point for the kube-runtime Controller.
+/// Entry point for the kube-runtime Controller. The finalizer goes on before anything is registered, so
+/// every registration can be cleaned up; the reconcile goes on with the patched object at once instead
+/// of waiting for the watch to bring it back.
 pub async fn reconcile(
     client: Arc<SmartClient>,
     ctx: Arc<Context>,
 ) -> Result<Requeue, ReconcileError> {
     let namespace = client.namespace().unwrap_or_default();
     let api: Api<SmartClient> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, client, |event| async {
-        match event {
-            FinalizerEvent::Apply(client) => apply(&client, &ctx).await,
-            FinalizerEvent::Cleanup(client) => cleanup(&client, &ctx).await,
+    let position = client.finalizers().iter().position(|f| f == FINALIZER);
+    if client.metadata.deletion_timestamp.is_some() {
+        let Some(position) = position else {
+            return Ok(Requeue::await_change());
+        };
+        let requeue = cleanup(&client, &ctx).await?;
+        let patch = finalizer_patch(&json!([
+            { "op": "test", "path": format!("/metadata/finalizers/{position}"), "value": FINALIZER },
+            { "op": "remove", "path": format!("/metadata/finalizers/{position}") },
+        ]));
+        match api
+            .patch(&client.name_any(), &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => Ok(requeue),
+            // Gone already: nothing left to let go of.
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(requeue),
+            Err(e) => Err(e.into()),
         }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => ReconcileError::Finalizer(other.to_string()),
-    })
+    } else if position.is_some() {
+        apply(&client, &ctx).await
+    } else {
+        // The `test` makes this fail instead of clobbering a list someone changed meanwhile.
+        let patch = match client.metadata.finalizers.as_ref() {
+            None => json!([
+                { "op": "test", "path": "/metadata/finalizers", "value": null },
+                { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+            ]),
+            Some(current) => json!([
+                { "op": "test", "path": "/metadata/finalizers", "value": current },
+                { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+            ]),
+        };
+        match api
+            .patch(
+                &client.name_any(),
+                &PatchParams::default(),
+                &finalizer_patch(&patch),
+            )
+            .await
+        {
+            Ok(patched) => apply(&patched, &ctx).await,
+            // The `test` failed: this reconcile saw an old version (another watch triggered it first).
+            // The newer one is on its way; look again shortly rather than report an error.
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => {
+                debug!(client = %client.name_any(), "finalizer list changed meanwhile; looking again");
+                Ok(Requeue::requeue(Duration::from_secs(1)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn finalizer_patch(operations: &serde_json::Value) -> Patch<()> {
+    let operations: json_patch::Patch = serde_json::from_value(operations.clone())
+        .expect("finalizer patches are well-formed JSON patches");
+    Patch::Json(operations)
 }
 
 /// Requeue policy for errors that escaped the status machinery (apiserver errors mostly).
@@ -342,6 +407,8 @@ struct Run<'a> {
     status: SmartClientStatus,
     secrets: Api<Secret>,
     observed_secret: Option<Secret>,
+    /// Whether `observed_secret` is this reconcile's own write (so it is current).
+    secret_written: bool,
     credentials: Option<StoredCredentials>,
     /// Credentials of a client the server forgot (wiped state): S4SLegacy registers the same id again.
     forgotten: Option<StoredCredentials>,
@@ -358,6 +425,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         status: ctx.latest_status(client),
         secrets: Api::namespaced(ctx.client.clone(), &namespace),
         observed_secret: None,
+        secret_written: false,
         credentials: None,
         forgotten: None,
     };
@@ -387,6 +455,7 @@ impl Run<'_> {
         let desired_hash = metadata_hash(&desired);
         let server = resolve_server(
             &self.ctx.client,
+            &self.ctx.caches,
             self.client,
             &self.ctx.settings.operator_namespace,
         )
@@ -395,14 +464,17 @@ impl Run<'_> {
             return Ok(self.record_user_error("InvalidSpec", problem).await);
         }
         let secret_name = secret_name(self.client);
-        self.observed_secret = self.secrets.get_opt(&secret_name).await?;
+        let namespace = self.client.namespace().unwrap_or_default();
+        self.observed_secret = self
+            .ctx
+            .caches
+            .secret(&namespace, &secret_name)
+            .map(|s| (*s).clone());
         let token_names: Vec<String> = self.debug_token_names(server.dialect());
-        self.credentials = self.ctx.remembered(&self.uid).or_else(|| {
-            let observed = self.observed_secret.as_ref()?;
-            read_credentials(observed, self.client, &token_names)
-                .filter(|c| Some(&c.client_id) == self.status.client_id.as_ref())
-        });
-        self.status.secret_name = Some(secret_name);
+        self.take_credentials(&token_names);
+        self.status.secret_name = Some(secret_name.clone());
+        // The store may lag this operator's own last write: before acting on what it says, read live.
+        let mut secret_confirmed = false;
 
         let mut auth: Option<ObservedAuthServer> = None;
         // Each step changes what the plan sees; a handful always suffices, the bound is a safety net.
@@ -430,6 +502,16 @@ impl Run<'_> {
                 next_existence_check: self.ctx.next_existence_check(&self.uid, self.now),
             });
             debug!(?action, client = %self.client.name_any(), "planned");
+            let needs_secret = !matches!(
+                action,
+                Action::Wait(_) | Action::Backoff(_) | Action::AwaitSpecChange | Action::Register
+            );
+            if needs_secret && !secret_confirmed && !self.secret_written {
+                self.observed_secret = self.secrets.get_opt(&secret_name).await?;
+                self.take_credentials(&token_names);
+                secret_confirmed = true;
+                continue;
+            }
             let needs_initial_token = matches!(
                 action,
                 Action::Register | Action::ReRegister | Action::Replace
@@ -497,6 +579,16 @@ impl Run<'_> {
         Ok(Requeue::requeue(self.ctx.settings.backoff_base))
     }
 
+    /// What the operator knows: its memory, else the credentials in the observed Secret (after a
+    /// restart) if they belong to the client id status names.
+    fn take_credentials(&mut self, token_names: &[String]) {
+        self.credentials = self.ctx.remembered(&self.uid).or_else(|| {
+            let observed = self.observed_secret.as_ref()?;
+            read_credentials(observed, self.client, token_names)
+                .filter(|c| Some(&c.client_id) == self.status.client_id.as_ref())
+        });
+    }
+
     fn debug_token_names(&self, dialect: Dialect) -> Vec<String> {
         if !dialect.mints_debug_tokens() {
             return Vec::new();
@@ -549,6 +641,7 @@ impl Run<'_> {
             )
             .await?;
         self.observed_secret = Some(written);
+        self.secret_written = true;
         self.ctx.remember(&self.uid, self.credentials.clone());
         set_condition(
             &mut self.status.conditions,
@@ -1010,7 +1103,8 @@ impl Run<'_> {
 
     /// Writes status by server-side apply, only when it changed.
     async fn write_status(&self) -> Result<(), ReconcileError> {
-        if self.ctx.latest_status(self.client) == self.status && self.client.status.is_some() {
+        let known = self.client.status.is_some() || self.ctx.wrote_status(self.client);
+        if known && self.ctx.latest_status(self.client) == self.status {
             return Ok(());
         }
         let api: Api<SmartClient> = Api::namespaced(
@@ -1099,7 +1193,14 @@ async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconci
         let_go(ctx);
         return Ok(Requeue::await_change());
     }
-    let server = match resolve_server(&ctx.client, client, &ctx.settings.operator_namespace).await {
+    let server = match resolve_server(
+        &ctx.client,
+        &ctx.caches,
+        client,
+        &ctx.settings.operator_namespace,
+    )
+    .await
+    {
         Ok(server) => server,
         Err(e) => {
             orphan(format!(

@@ -6,7 +6,9 @@ use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::{Client, ResourceExt};
 use secrecy::SecretString;
+use std::sync::Arc;
 
+use super::cache::Caches;
 use super::conditions::is_true;
 use crate::authserver::{HttpSettings, ServerEndpoints};
 use crate::crd::{
@@ -84,8 +86,11 @@ impl ResolvedServer {
 
 /// Resolves `spec.authServerRef` and applies the trust model: same-namespace SmartAuthServer, or a
 /// ClusterSmartAuthServer whose `allowedNamespaces` admits the client's namespace.
+/// Reads the server from the caches; a miss is confirmed with a live read (the store may not have
+/// synced yet), so "not found" is never a cache artefact.
 pub async fn resolve_server(
     client: &Client,
+    caches: &Caches,
     smart_client: &SmartClient,
     operator_namespace: &str,
 ) -> Result<ResolvedServer, ResolveError> {
@@ -94,14 +99,18 @@ pub async fn resolve_server(
     let (kind, spec, status, uid, generation, resource_version, secrets_namespace) =
         match reference.kind {
             AuthServerKind::SmartAuthServer => {
-                let api: Api<SmartAuthServer> = Api::namespaced(client.clone(), &namespace);
-                let server =
-                    api.get_opt(&reference.name)
-                        .await?
-                        .ok_or_else(|| ResolveError::NotFound {
-                            kind: "SmartAuthServer",
-                            name: reference.name.clone(),
-                        })?;
+                let server = match caches.server(&namespace, &reference.name) {
+                    Some(server) => server,
+                    None => {
+                        let api: Api<SmartAuthServer> = Api::namespaced(client.clone(), &namespace);
+                        Arc::new(api.get_opt(&reference.name).await?.ok_or_else(|| {
+                            ResolveError::NotFound {
+                                kind: "SmartAuthServer",
+                                name: reference.name.clone(),
+                            }
+                        })?)
+                    }
+                };
                 (
                     "SmartAuthServer",
                     server.spec.server.clone(),
@@ -113,14 +122,20 @@ pub async fn resolve_server(
                 )
             }
             AuthServerKind::ClusterSmartAuthServer => {
-                let api: Api<ClusterSmartAuthServer> = Api::all(client.clone());
-                let server =
-                    api.get_opt(&reference.name)
-                        .await?
-                        .ok_or_else(|| ResolveError::NotFound {
-                            kind: "ClusterSmartAuthServer",
-                            name: reference.name.clone(),
-                        })?;
+                let server = match caches.cluster_server(&reference.name) {
+                    Some(server) => server,
+                    None => {
+                        let api: Api<ClusterSmartAuthServer> = Api::all(client.clone());
+                        Arc::new(api.get_opt(&reference.name).await?.ok_or_else(|| {
+                            ResolveError::NotFound {
+                                kind: "ClusterSmartAuthServer",
+                                name: reference.name.clone(),
+                            }
+                        })?)
+                    }
+                };
+                // Least privilege: the operator may get namespaces but not list or watch them, so the
+                // labels are read live; only clients of ClusterSmartAuthServers pay for it.
                 let namespaces: Api<Namespace> = Api::all(client.clone());
                 let labels = namespaces.get(&namespace).await?.labels().clone();
                 if !namespace_admitted(server.spec.allowed_namespaces.as_ref(), &labels) {

@@ -71,7 +71,7 @@ pub async fn install_crds(client: &Client) {
         p.file_name()
             .unwrap()
             .to_string_lossy()
-            .starts_with("validatingadmissionpolicy-")
+            .contains("admissionpolicy-")
     });
     for file in crds.iter().chain(&policies) {
         for doc in read_yaml_file(file) {

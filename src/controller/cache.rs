@@ -1,0 +1,106 @@
+//! The reflector stores a SmartClient reconcile reads instead of asking the apiserver each time: the
+//! auth servers and the operator's own Secrets. The watches that fill them are the same ones that
+//! trigger reconciles, so a store is at least as new as the event that started a reconcile. A store
+//! can still lag the operator's own latest write, so a reconcile confirms with a live read before it
+//! acts on what a store says (see `reconcile.rs`).
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::crd::{ClusterSmartAuthServer, SmartAuthServer};
+
+/// Annotation `kubectl apply` keeps a copy of the whole object in; the operator never reads it.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Stores of every watched scope (all namespaces, or one store per watched namespace).
+#[derive(Clone, Default)]
+pub struct Caches {
+    pub servers: Vec<Store<SmartAuthServer>>,
+    pub cluster_servers: Vec<Store<ClusterSmartAuthServer>>,
+    /// Secrets labelled as managed by the operator; nothing else is cached.
+    pub secrets: Vec<Store<Secret>>,
+}
+
+impl Caches {
+    pub fn server(&self, namespace: &str, name: &str) -> Option<Arc<SmartAuthServer>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.servers.iter().find_map(|s| s.get(&key))
+    }
+
+    pub fn cluster_server(&self, name: &str) -> Option<Arc<ClusterSmartAuthServer>> {
+        let key = ObjectRef::new(name);
+        self.cluster_servers.iter().find_map(|s| s.get(&key))
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.secrets.iter().find_map(|s| s.get(&key))
+    }
+}
+
+/// A watch of `api` that keeps a trimmed copy of every object in the returned store, with the usual
+/// backoff on watch errors. The stream must be polled (by a controller) for the store to fill.
+pub fn cached_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + Unpin + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .boxed();
+    (reader, events)
+}
+
+/// Drops what the operator never reads and what makes up most of a small object's size: managed
+/// fields and kubectl's last-applied copy.
+pub fn trim<K: Resource>(object: &mut K) {
+    object.managed_fields_mut().clear();
+    object.annotations_mut().remove(LAST_APPLIED);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn trimming_keeps_labels_and_other_annotations() {
+        let mut secret = Secret::default();
+        secret.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        secret
+            .annotations_mut()
+            .insert(LAST_APPLIED.into(), "{}".into());
+        secret
+            .annotations_mut()
+            .insert("smart.fhir.dev/abandon-registration".into(), "true".into());
+        secret.labels_mut().insert("team".into(), "a".into());
+        trim(&mut secret);
+        assert!(secret.managed_fields().is_empty());
+        assert_eq!(
+            secret.annotations().keys().collect::<Vec<_>>(),
+            ["smart.fhir.dev/abandon-registration"]
+        );
+        assert_eq!(secret.labels().len(), 1);
+    }
+}
