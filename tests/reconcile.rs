@@ -190,6 +190,58 @@ async fn a_removed_finalizer_is_put_back_and_nothing_is_registered_twice() {
     .await;
 }
 
+/// The initial access token is read once and reused; when the server refuses the cached one (used up,
+/// and replaced in its Secret), the operator reads the Secret again at once instead of backing off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_initial_access_token_is_picked_up_without_a_failure() {
+    let s = setup("iat-rotate", DevDialect::Rfc7591, &[]).await;
+    let use_token = |token: &'static str| {
+        let (client, ns) = (s.client.clone(), s.ns.clone());
+        async move {
+            apply(&client, Some(&ns), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iat"}, "stringData": {"token": token}}))
+                .await
+                .unwrap();
+        }
+    };
+    s.server.add_initial_access_token("single-use-a", 1).await;
+    use_token("single-use-a").await;
+    create(&s.client, Some(&s.ns), smart_client("first", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "first", "True", "Ready").await;
+
+    s.server.add_initial_access_token("single-use-b", 1).await;
+    use_token("single-use-b").await;
+    create(&s.client, Some(&s.ns), smart_client("second", json!({})))
+        .await
+        .unwrap();
+    let second = wait_for_ready(&s.client, &s.ns, "second", "True", "Ready").await;
+    let status = second.status.unwrap();
+    assert!(
+        status.retry.is_none(),
+        "no failure recorded: {:?}",
+        status.retry
+    );
+    assert_eq!(s.server.clients().await.len(), 2);
+    assert_eq!(
+        s.server.count("register").await,
+        3,
+        "one refused attempt with the used-up token, then one with the new token"
+    );
+    // Both registrations are announced; the refusal never surfaced as a failure.
+    let registered = eventually("two Registered Events", Duration::from_secs(30), || async {
+        let events = events(&s.client, &s.ns).await;
+        (events.iter().filter(|(r, _)| r == "Registered").count() == 2).then_some(events)
+    })
+    .await;
+    assert!(
+        !registered
+            .iter()
+            .any(|(reason, _)| reason == "InitialAccessTokenRejected"),
+        "{registered:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_makes_no_remote_call_and_no_write() {
     let s = setup("steady", DevDialect::Rfc7591, &[]).await;

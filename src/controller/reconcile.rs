@@ -13,6 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
+use secrecy::SecretString;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -96,6 +97,15 @@ pub struct Context {
     memory: Mutex<HashMap<String, Memory>>,
     /// Per auth server: the fingerprint it was built for, and the client.
     http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
+    initial_tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+/// An initial access token as read from its Secret, and for which server configuration.
+struct CachedToken {
+    fingerprint: String,
+    reference: crate::crd::SecretKeyRef,
+    token: SecretString,
+    read_at: Timestamp,
 }
 
 impl Context {
@@ -114,6 +124,7 @@ impl Context {
             caches,
             memory: Mutex::default(),
             http_clients: Mutex::default(),
+            initial_tokens: Mutex::default(),
         }
     }
 
@@ -219,6 +230,54 @@ impl Context {
         Ok(http)
     }
 
+    /// The server's initial access token: read from its Secret once, then reused for every registration
+    /// until the server rejects it (see [`Context::forget_initial_token`]) or the server resource changes.
+    async fn initial_access_token(
+        &self,
+        server: &ResolvedServer,
+        reference: &crate::crd::SecretKeyRef,
+    ) -> Result<SecretString, ReconcileError> {
+        let key = server.metric_label();
+        let cached = self.initial_tokens.lock().ok().and_then(|tokens| {
+            tokens
+                .get(&key)
+                .filter(|t| t.fingerprint == server.fingerprint && t.reference == *reference)
+                .map(|t| t.token.clone())
+        });
+        if let Some(token) = cached {
+            return Ok(token);
+        }
+        let token = read_secret_key(
+            &self.client,
+            &server.secrets_namespace,
+            reference,
+            "the initial access token",
+        )
+        .await?;
+        if let Ok(mut tokens) = self.initial_tokens.lock() {
+            tokens.insert(
+                key,
+                CachedToken {
+                    fingerprint: server.fingerprint.clone(),
+                    reference: reference.clone(),
+                    token: token.clone(),
+                    read_at: Timestamp::now(),
+                },
+            );
+        }
+        Ok(token)
+    }
+
+    /// Drops a server's cached initial access token after the server refused it. True when the token
+    /// was read before `since`, so a fresh read may find a rotated one.
+    fn forget_initial_token(&self, server: &ResolvedServer, since: Timestamp) -> bool {
+        self.initial_tokens
+            .lock()
+            .ok()
+            .and_then(|mut tokens| tokens.remove(&server.metric_label()))
+            .is_some_and(|t| t.read_at < since)
+    }
+
     async fn auth_server(
         &self,
         server: &ResolvedServer,
@@ -227,13 +286,8 @@ impl Context {
         let http = self.http_client(server).await?;
         let initial_access_token = match (&server.spec.credentials, with_initial_token) {
             (Some(credentials), true) => Some(
-                read_secret_key(
-                    &self.client,
-                    &server.secrets_namespace,
-                    &credentials.initial_access_token_secret_ref,
-                    "the initial access token",
-                )
-                .await?,
+                self.initial_access_token(server, &credentials.initial_access_token_secret_ref)
+                    .await?,
             ),
             _ => None,
         };
@@ -689,7 +743,18 @@ impl Run<'_> {
         } else {
             None
         };
-        let registered = auth.register(desired, chosen.as_ref()).await?;
+        let registered = match auth.register(desired, chosen.as_ref()).await {
+            // The token may have been rotated or topped up in its Secret since it was cached: try once
+            // more with a fresh read before reporting the error.
+            Err(e)
+                if e.class() == ErrorClass::Credential
+                    && self.ctx.forget_initial_token(server, self.now) =>
+            {
+                let fresh = self.ctx.auth_server(server, true).await?;
+                fresh.register(desired, chosen.as_ref()).await?
+            }
+            other => other?,
+        };
         self.accept_registration(registered, server, desired_hash);
         self.persist(server, &desired.scopes).await?;
         self.status.retry = None;
