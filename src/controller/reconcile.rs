@@ -1,6 +1,7 @@
 //! The SmartClient reconciler: resolve (I/O) → plan (pure) → apply (I/O) → status, step by step until
 //! the plan says wait. Every credential a server returns is written to the Secret before the next remote
-//! call.
+//! call that could replace or invalidate it (minting a debug token cannot), and always before the status
+//! that announces it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -463,6 +464,8 @@ struct Run<'a> {
     observed_secret: Option<Secret>,
     /// Whether `observed_secret` is this reconcile's own write (so it is current).
     secret_written: bool,
+    /// A Secret rendered from new credentials or tokens, not yet written (see [`Run::persist`]).
+    pending_secret: Option<Secret>,
     credentials: Option<StoredCredentials>,
     /// Credentials of a client the server forgot (wiped state): S4SLegacy registers the same id again.
     forgotten: Option<StoredCredentials>,
@@ -480,6 +483,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         secrets: Api::namespaced(ctx.client.clone(), &namespace),
         observed_secret: None,
         secret_written: false,
+        pending_secret: None,
         credentials: None,
         forgotten: None,
     };
@@ -488,14 +492,23 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         Ok(requeue) => requeue,
         Err(ReconcileError::AuthServer(e)) => run.record_auth_server_error(&e).await,
         Err(ReconcileError::Resolve(ResolveError::Kube(e))) | Err(ReconcileError::Kube(e)) => {
+            // Whatever the server handed out before the apiserver failed still goes to the Secret.
+            if let Err(flush) = run.flush().await {
+                warn!(client = %client.name_any(), error = %flush, "could not write the Secret");
+            }
             return Err(e.into());
         }
         Err(ReconcileError::Resolve(e)) => run.record_not_usable(e.reason(), e.to_string()).await,
         Err(ReconcileError::CredentialsLost(message)) => {
             run.record_user_error("CredentialsLost", message).await
         }
-        Err(other) => return Err(other),
+        Err(other) => {
+            run.flush().await?;
+            return Err(other);
+        }
     };
+    // The Secret first: whoever sees Ready finds the credentials.
+    run.flush().await?;
     run.write_status().await?;
     Ok(requeue)
 }
@@ -577,6 +590,9 @@ impl Run<'_> {
                     | Action::AwaitSpecChange
                     | Action::WriteSecret
             );
+            if remote && !matches!(action, Action::MintToken(_)) {
+                self.flush().await?;
+            }
             if needs_initial_token || (auth.is_none() && remote) {
                 auth = Some(self.ctx.auth_server(&server, needs_initial_token).await?);
             }
@@ -601,7 +617,8 @@ impl Run<'_> {
                 }
                 Action::WriteSecret => {
                     let existed = self.observed_secret.is_some();
-                    self.persist(&server, &desired.scopes).await?;
+                    self.persist(&server, &desired.scopes);
+                    self.flush().await?;
                     if existed {
                         self.ctx
                             .publish(
@@ -669,15 +686,13 @@ impl Run<'_> {
         }
     }
 
-    /// Writes the Secret from the credentials held now, and remembers them. Runs before any further
-    /// remote call whenever the credentials changed.
-    async fn persist(
-        &mut self,
-        server: &ResolvedServer,
-        requested: &[String],
-    ) -> Result<(), ReconcileError> {
+    /// Stages the Secret from the credentials held now. [`Run::flush`] writes it: before any remote
+    /// call that could replace or invalidate the credentials, and before the status at the end, so an
+    /// app that sees Ready finds them. Minting a debug token changes no credential, so a new client's
+    /// Secret and its first token go out in one write.
+    fn persist(&mut self, server: &ResolvedServer, requested: &[String]) {
         let Some(credentials) = &self.credentials else {
-            return Ok(());
+            return;
         };
         let data = render_data(
             self.client,
@@ -685,6 +700,26 @@ impl Run<'_> {
             &self.public_values(server, requested),
         );
         let secret = render_secret(self.client, data);
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        self.observed_secret = Some(secret.clone());
+        self.pending_secret = Some(secret);
+        self.secret_written = true;
+        set_condition(
+            &mut self.status.conditions,
+            condition::SECRET_SYNCED,
+            true,
+            "SecretWritten",
+            format!("Secret {name} holds the credentials"),
+            Some(self.generation),
+            self.now,
+        );
+    }
+
+    /// Writes the staged Secret, and remembers the credentials it holds.
+    async fn flush(&mut self) -> Result<(), ReconcileError> {
+        let Some(secret) = self.pending_secret.take() else {
+            return Ok(());
+        };
         let name = secret.metadata.name.clone().unwrap_or_default();
         let written = self
             .secrets
@@ -695,17 +730,7 @@ impl Run<'_> {
             )
             .await?;
         self.observed_secret = Some(written);
-        self.secret_written = true;
         self.ctx.remember(&self.uid, self.credentials.clone());
-        set_condition(
-            &mut self.status.conditions,
-            condition::SECRET_SYNCED,
-            true,
-            "SecretWritten",
-            format!("Secret {name} holds the credentials"),
-            Some(self.generation),
-            self.now,
-        );
         Ok(())
     }
 
@@ -738,7 +763,8 @@ impl Run<'_> {
                 tokens: Default::default(),
             };
             self.credentials = Some(chosen.clone());
-            self.persist(server, &desired.scopes).await?;
+            self.persist(server, &desired.scopes);
+            self.flush().await?;
             Some(as_client_credentials(&chosen))
         } else {
             None
@@ -756,7 +782,7 @@ impl Run<'_> {
             other => other?,
         };
         self.accept_registration(registered, server, desired_hash);
-        self.persist(server, &desired.scopes).await?;
+        self.persist(server, &desired.scopes);
         self.status.retry = None;
         self.ctx.schedule_existence_check(&self.uid, self.now);
         let client_id = self.status.client_id.clone().unwrap_or_default();
@@ -891,7 +917,7 @@ impl Run<'_> {
         {
             Ok(updated) => {
                 self.accept_registration(updated, server, desired_hash);
-                self.persist(server, &desired.scopes).await?;
+                self.persist(server, &desired.scopes);
                 self.status.retry = None;
                 self.ctx
                     .publish(
@@ -1016,7 +1042,7 @@ impl Run<'_> {
                 },
             );
         }
-        self.persist(server, scopes).await?;
+        self.persist(server, scopes);
         let entry = DebugTokenStatus {
             name: name.to_owned(),
             expires_at: Some(Time(expires_at)),
