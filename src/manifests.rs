@@ -32,23 +32,36 @@ pub fn rendered() -> Result<Vec<(String, String)>, ManifestError> {
     }
     for crd::admission::PolicyWithBinding { policy, binding } in crd::admission::all_policies() {
         let name = policy.metadata.name.clone().unwrap_or_default();
-        let policy_yaml = to_yaml(&name, &policy)?;
-        let binding_yaml = to_yaml(&name, &binding)?;
-        out.push((
-            format!("validatingadmissionpolicy-{name}.yaml"),
-            format!("{policy_yaml}---\n{binding_yaml}"),
-        ));
+        out.push(policy_file(
+            "validatingadmissionpolicy",
+            &name,
+            &policy,
+            &binding,
+        )?);
     }
     let crd::admission::MutatingPolicyWithBinding { policy, binding } =
         crd::admission::finalizer_policy();
     let name = policy.metadata.name.clone().unwrap_or_default();
-    let policy_yaml = to_yaml(&name, &policy)?;
-    let binding_yaml = to_yaml(&name, &binding)?;
-    out.push((
-        format!("mutatingadmissionpolicy-{name}.yaml"),
-        format!("{policy_yaml}---\n{binding_yaml}"),
-    ));
+    out.push(policy_file(
+        "mutatingadmissionpolicy",
+        &name,
+        &policy,
+        &binding,
+    )?);
     Ok(out)
+}
+
+/// One file holding an admission policy and its binding.
+fn policy_file<P: serde::Serialize, B: serde::Serialize>(
+    prefix: &str,
+    name: &str,
+    policy: &P,
+    binding: &B,
+) -> Result<(String, String), ManifestError> {
+    Ok((
+        format!("{prefix}-{name}.yaml"),
+        format!("{}---\n{}", to_yaml(name, policy)?, to_yaml(name, binding)?),
+    ))
 }
 
 /// All documents as one multi-document YAML stream, for `kubectl apply -f -`.
