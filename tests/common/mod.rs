@@ -99,6 +99,38 @@ async fn wait_until_established(client: &Client) {
             .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
             .unwrap();
     }
+    // Established can come a moment before the apiserver serves the kind ("Resource kind ... not
+    // found ... There can be a delay"): wait until a write path answers, with a dry-run create.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe: smart_operator::crd::SmartClient = serde_json::from_value(serde_json::json!({
+            "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient",
+            "metadata": {"name": "served-probe", "namespace": "default"},
+            "spec": {"authServerRef": {"name": "none"}, "clientName": "probe",
+                     "redirectUris": ["https://app.example.com/cb"], "scopes": ["openid"]},
+        }))
+        .unwrap();
+        let api: Api<smart_operator::crd::SmartClient> = Api::namespaced(client.clone(), "default");
+        match api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &probe,
+            )
+            .await
+        {
+            Ok(_) => return,
+            // Served; only the object is refused or there already.
+            Err(kube::Error::Api(e)) if e.code != 503 && e.code != 404 => return,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "SmartClients not served 30s after their CRD was Established: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The API of a GVK as the apiserver's discovery sees it (so a CRD that is not served fails here).
