@@ -1052,7 +1052,27 @@ async fn install_crds(client: &Client) -> Res<()> {
             &Patch::Apply(&finalizer.binding),
         )
         .await?;
-    Ok(())
+    // On a fresh control plane creates are refused (503) for a second or two until the apiserver has
+    // the CRD schema the finalizer policy needs: wait until a dry-run create comes back finalized.
+    let probe = smart_client(0, Dialect::Rfc7591)?;
+    let api: Api<SmartClient> = Api::namespaced(client.clone(), "default");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.create(&dry_run, &probe).await {
+            Ok(created) if !created.finalizers().is_empty() => return Ok(()),
+            outcome if Instant::now() > deadline => {
+                return bail(format!(
+                    "SmartClients are not created with the finalizer 30s after the policies: {:?}",
+                    outcome.map(|c| c.finalizers().to_vec())
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 async fn create_namespace(client: &Client, name: &str) -> Res<()> {

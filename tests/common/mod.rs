@@ -83,6 +83,7 @@ pub async fn install_crds(client: &Client) {
             wait_until_established(client).await;
         }
     }
+    wait_until_smart_clients_can_be_created(client).await;
 }
 
 async fn wait_until_established(client: &Client) {
@@ -99,36 +100,43 @@ async fn wait_until_established(client: &Client) {
             .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
             .unwrap();
     }
-    // Established can come a moment before the apiserver serves the kind ("Resource kind ... not
-    // found ... There can be a delay"): wait until a write path answers, with a dry-run create.
+}
+
+/// On a fresh control plane, SmartClient creates are refused (503, "There can be a delay ...") for a
+/// second or two after the finalizer admission policy arrives, until the apiserver has published the
+/// CRD's schema the policy needs. Waits until a dry-run create goes through with the policy in force,
+/// as a user would retry.
+async fn wait_until_smart_clients_can_be_created(client: &Client) {
+    let probe: smart_operator::crd::SmartClient = serde_json::from_value(serde_json::json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient",
+        "metadata": {"name": "create-probe", "namespace": "default"},
+        "spec": {"authServerRef": {"name": "none"}, "clientName": "probe",
+                 "redirectUris": ["https://app.example.com/cb"], "scopes": ["openid"]},
+    }))
+    .unwrap();
+    let api: Api<smart_operator::crd::SmartClient> = Api::namespaced(client.clone(), "default");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let probe: smart_operator::crd::SmartClient = serde_json::from_value(serde_json::json!({
-            "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient",
-            "metadata": {"name": "served-probe", "namespace": "default"},
-            "spec": {"authServerRef": {"name": "none"}, "clientName": "probe",
-                     "redirectUris": ["https://app.example.com/cb"], "scopes": ["openid"]},
-        }))
-        .unwrap();
-        let api: Api<smart_operator::crd::SmartClient> = Api::namespaced(client.clone(), "default");
-        match api
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                },
-                &probe,
-            )
-            .await
-        {
-            Ok(_) => return,
-            // Served; only the object is refused or there already.
-            Err(kube::Error::Api(e)) if e.code != 503 && e.code != 404 => return,
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "SmartClients not served 30s after their CRD was Established: {e}"
-            ),
+        // Done when the policy is in force too: the dry-run answer carries its finalizer.
+        let outcome = api.create(&dry_run, &probe).await.map(|created| {
+            created
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f == smart_operator::crd::admission::CLEANUP_FINALIZER)
+        });
+        if let Ok(true) = outcome {
+            return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SmartClients are not created with the finalizer 30s after the CRDs and policies were applied: {outcome:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
