@@ -4,6 +4,7 @@ pub mod auth_server;
 pub mod cache;
 pub mod conditions;
 pub mod desired;
+pub mod events;
 pub mod observed;
 pub mod plan;
 pub mod reconcile;

@@ -23,6 +23,7 @@ use super::conditions::set_condition;
 use super::desired::{
     desired_metadata, generate_client_secret, metadata_hash, s4s_legacy_client_id,
 };
+use super::events::EventQueue;
 use super::observed::ObservedAuthServer;
 use super::plan::{
     Action, PlanInput, USER_ERROR_REASONS, backoff_delay, plan_next_action, refresh_due_at,
@@ -91,7 +92,7 @@ struct Memory {
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    events: EventQueue,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
@@ -119,7 +120,7 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            recorder,
+            events: EventQueue::start(recorder),
             settings,
             metrics,
             caches,
@@ -320,15 +321,9 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        // Events are best effort and off the reconcile's path: a terminating namespace refuses them,
-        // and neither that nor a slow apiserver may hold up a reconcile or its cleanup.
-        let recorder = self.recorder.clone();
-        let reference = client.object_ref(&());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                debug!(error = %e, "could not publish event");
-            }
-        });
+        // Off the reconcile's path (see `events.rs`): neither a slow apiserver nor a terminating
+        // namespace that refuses Events may hold up a reconcile or its cleanup.
+        self.events.publish(event, client.object_ref(&()));
     }
 }
 
