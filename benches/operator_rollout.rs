@@ -2287,6 +2287,15 @@ async fn run(options: Options) -> Res<bool> {
         "sizes {:?}, dialects {:?}, idle {:?}, {} unrelated Secrets, load {load_at_start}",
         options.sizes, options.dialects, options.idle, options.unrelated
     ));
+    // Taken before the scenarios: the binaries were built from this tree, which may change during a
+    // long run.
+    let revision = Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let mut scenarios = Vec::new();
     let mut errors = Vec::new();
     for &n in &options.sizes {
@@ -2306,13 +2315,7 @@ async fn run(options: Options) -> Res<bool> {
         "started_at": started_at.to_string(),
         "duration_s": started.elapsed().as_secs_f64(),
         "machine": machine(),
-        "revision": Command::new("git")
-            .args(["describe", "--always", "--dirty"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default(),
+        "revision": revision,
         "load_at_start": load_at_start,
         "load_at_end": loadavg(),
         "options": {
