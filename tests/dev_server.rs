@@ -790,7 +790,7 @@ async fn s4s_users_added_through_the_admin_api_can_get_debug_tokens() {
 }
 
 #[tokio::test]
-async fn s4s_token_probe_is_401_invalid_client_when_gone_and_400_invalid_grant_when_present() {
+async fn s4s_token_probe_is_401_invalid_client_when_gone_and_401_invalid_grant_when_present() {
     let h = Harness::s4s().await;
     let (client_id, secret) = s4s_client(&h).await;
 
@@ -806,10 +806,11 @@ async fn s4s_token_probe_is_401_invalid_client_when_gone_and_400_invalid_grant_w
         (status, body),
         (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}))
     );
+    // oauthlib 2.0.1, as both real auth-proxy versions pin it: invalid_grant is 401 too.
     let (status, body) = h.refresh_probe("/oauth/token", &client_id, &secret).await;
     assert_eq!(
         (status, body),
-        (StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}))
+        (StatusCode::UNAUTHORIZED, json!({"error": "invalid_grant"}))
     );
 }
 
@@ -1029,7 +1030,7 @@ async fn s4s_legacy_token_probe_distinguishes_gone_from_present_clients() {
     let (status, body) = h.refresh_probe("/oauth/token", "probe-me", "secret").await;
     assert_eq!(
         (status, body),
-        (StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}))
+        (StatusCode::UNAUTHORIZED, json!({"error": "invalid_grant"}))
     );
     let (status, body) = h.refresh_probe("/oauth/token", "gone", "secret").await;
     assert_eq!(
@@ -1088,8 +1089,11 @@ async fn admin_reset_wipes_clients_and_tokens_so_probes_say_gone_but_keeps_count
     assert_eq!(wiped, json!({"clients_removed": 1, "tokens_removed": 1}));
 
     assert_eq!(h.get_json("/_admin/clients").await.1["count"], 0);
-    let (status, _) = h.refresh_probe("/oauth/token", &client_id, &secret).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = h.refresh_probe("/oauth/token", &client_id, &secret).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}))
+    );
     let (status, _) = h
         .get_json(&format!(
             "/oauth/debug/introspect?token={}",

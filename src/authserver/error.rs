@@ -60,6 +60,15 @@ pub enum AuthServerError {
     #[error("the client no longer exists on the auth server")]
     ClientGone,
 
+    #[error(
+        "the existence check at {endpoint} was inconclusive (HTTP {status}, {detail}): the answer says neither that the client is unknown (invalid_client) nor that it exists (invalid_grant); nothing is registered again, the check is retried"
+    )]
+    ExistenceUnknown {
+        endpoint: String,
+        status: u16,
+        detail: String,
+    },
+
     #[error("the auth server's answer at {endpoint} could not be understood: {detail}")]
     Protocol { endpoint: String, detail: String },
 
@@ -80,9 +89,11 @@ impl AuthServerError {
     pub fn class(&self) -> ErrorClass {
         use AuthServerError::*;
         match self {
-            Unreachable { .. } | Timeout { .. } | ServerError { .. } | Protocol { .. } => {
-                ErrorClass::Retryable
-            }
+            Unreachable { .. }
+            | Timeout { .. }
+            | ServerError { .. }
+            | Protocol { .. }
+            | ExistenceUnknown { .. } => ErrorClass::Retryable,
             // Discovery documents are fetched over the network; a broken one is usually a server
             // mid-deploy, so it is retried like any other transient failure.
             Discovery { .. } => ErrorClass::Retryable,
@@ -112,6 +123,7 @@ impl AuthServerError {
             InitialAccessTokenRejected { .. } => "InitialAccessTokenRejected",
             RegistrationAccessTokenRejected { .. } => "RegistrationAccessTokenRejected",
             ClientGone => "ClientGone",
+            ExistenceUnknown { .. } => "ExistenceUnknown",
             Protocol { .. } => "AuthServerProtocolError",
             Unsupported { .. } => "UnsupportedByDialect",
             Discovery { .. } => "DiscoveryFailed",

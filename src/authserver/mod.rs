@@ -248,8 +248,9 @@ fn required_endpoint(endpoint: &Option<String>, name: &str) -> Result<String, Au
 }
 
 /// The side-effect-free existence probe (api.md, "Dialects"): a refresh grant with a random refresh
-/// token and the client's own credentials. `invalid_client` (401) means the server does not know the
-/// client; `invalid_grant` (400) means it authenticated the client and only refused the made-up token.
+/// token and the client's own credentials. What it means is read from the answer's `error` field, never
+/// from the status code alone: oauthlib 2.0.1 (both Sync-for-Science auth-proxy versions) answers
+/// `invalid_grant` with HTTP 401, Keycloak with 400.
 async fn probe_with_refresh_grant(
     http: &HttpClient,
     token_endpoint: &str,
@@ -274,15 +275,58 @@ async fn probe_with_refresh_grant(
         return Err(transient);
     }
     let body = http::OAuthErrorBody::parse(&answer.body, &redactor);
-    match (answer.status.as_u16(), body.error.as_str()) {
-        (401, _) | (400, "invalid_client") => Ok(Existence::Gone),
-        (400, _) => Ok(Existence::Exists),
-        (status, _) => Err(AuthServerError::Protocol {
+    existence_from_probe_answer(answer.status.as_u16(), &body.error).ok_or_else(|| {
+        AuthServerError::ExistenceUnknown {
             endpoint: token_endpoint.to_owned(),
-            detail: format!(
-                "the existence probe expected HTTP 400 or 401, got {status}: {}",
+            status: answer.status.as_u16(),
+            detail: if body.error.is_empty() {
                 redactor.excerpt(&answer.body)
-            ),
-        }),
+            } else {
+                body.error.clone()
+            },
+        }
+    })
+}
+
+/// Reads a probe's answer. `invalid_client` is the server saying it does not know the client (or not
+/// with this secret, which for a secret only the operator holds is the same thing); `invalid_grant`
+/// means it authenticated the client and only refused the made-up token. Anything else (a 2xx, another
+/// error code, a gateway's HTML page) proves nothing either way: `None`, so the caller retries and
+/// never registers again on it.
+pub fn existence_from_probe_answer(status: u16, error: &str) -> Option<Existence> {
+    match (status, error) {
+        (400 | 401, "invalid_client") => Some(Existence::Gone),
+        (400 | 401, "invalid_grant") => Some(Existence::Exists),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_answers_are_read_by_their_error_code_not_their_status() {
+        let cases = [
+            // oauthlib 2.0.1 (both real S4S auth-proxy versions): a known client is 401 invalid_grant.
+            (401, "invalid_grant", Some(Existence::Exists)),
+            // Keycloak and oauthlib >= 3: 400 invalid_grant.
+            (400, "invalid_grant", Some(Existence::Exists)),
+            (401, "invalid_client", Some(Existence::Gone)),
+            (400, "invalid_client", Some(Existence::Gone)),
+            // Keycloak's wrong secret (an admin rotated it): the client exists, the secret does not work.
+            (401, "unauthorized_client", None),
+            // A gateway's own 401 page, or a server that accepted a made-up token.
+            (401, "", None),
+            (403, "invalid_client", None),
+            (200, "", None),
+        ];
+        for (status, error, expected) in cases {
+            assert_eq!(
+                existence_from_probe_answer(status, error),
+                expected,
+                "HTTP {status} {error:?}"
+            );
+        }
     }
 }

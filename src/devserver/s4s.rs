@@ -12,14 +12,17 @@
 //!   access or refresh token → `{access_expires, access_token, active, approval_expires, client_id,
 //!   refresh_token, scope, security_labels, token_type, username}`, dates RFC 1123; unknown → 400
 //!   `no_token`.
-//! - `POST /oauth/token` is oauthlib's: errors are `{"error": ...}` (no description), 401 for
-//!   `invalid_client`, 400 otherwise. A refresh replaces *all* of the client's unexpired tokens with
+//! - `POST /oauth/token` is oauthlib 2.0.1's (both versions pin it): errors are `{"error": ...}` (no
+//!   description, no `WWW-Authenticate`), and `invalid_client`, `invalid_grant` and
+//!   `unauthorized_client` are all HTTP 401 (oauthlib made the last two 400 only in 3.0.0), so only the
+//!   `error` field tells an unknown client from a known one. `invalid_request` and
+//!   `unsupported_grant_type` are 400. A refresh replaces *all* of the client's unexpired tokens with
 //!   one new token (the proxy's `cb_tokensetter`).
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
@@ -397,7 +400,7 @@ async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response
     wire::json_response(StatusCode::OK, &body)
 }
 
-/// oauthlib's error response: `{"error": ...}`, no-store, and a Bearer challenge on 401.
+/// oauthlib 2.0.1's error response: `{"error": ...}` and no-store; no challenge header, even on 401.
 fn oauthlib_error(status: StatusCode, error: &str, description: Option<&str>) -> Response {
     let mut body = Map::new();
     body.insert("error".to_owned(), json!(error));
@@ -406,13 +409,6 @@ fn oauthlib_error(status: StatusCode, error: &str, description: Option<&str>) ->
     }
     let mut response = wire::json_response(status, &Value::Object(body));
     wire::no_store(&mut response);
-    if status == StatusCode::UNAUTHORIZED
-        && let Ok(challenge) = HeaderValue::from_str(&format!("Bearer error=\"{error}\""))
-    {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
-    }
     response
 }
 
@@ -459,10 +455,11 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
     match grant_type {
         // Flask-OAuthlib only lets clients with a `user` use client credentials; proxy clients have none.
         "client_credentials" => {
-            oauthlib_error(StatusCode::BAD_REQUEST, "unauthorized_client", None)
+            oauthlib_error(StatusCode::UNAUTHORIZED, "unauthorized_client", None)
         }
-        // This server never runs the interactive authorize step, so no code is ever valid.
-        "authorization_code" => oauthlib_error(StatusCode::BAD_REQUEST, "invalid_grant", None),
+        // This server never runs the interactive authorize step, so no code is ever valid; the real
+        // proxy (both versions) answers an unknown code with a 500 page.
+        "authorization_code" => Refusal::internal_error().into_response(),
         _ => {
             let presented = form.get("refresh_token").unwrap_or_default();
             refresh(&mut store, &client_id, presented)
@@ -480,7 +477,7 @@ fn refresh(store: &mut Store, client_id: &str, presented: &str) -> Response {
         .filter(|t| t.client_id == client_id)
         .cloned()
     else {
-        return oauthlib_error(StatusCode::BAD_REQUEST, "invalid_grant", None);
+        return oauthlib_error(StatusCode::UNAUTHORIZED, "invalid_grant", None);
     };
     let now = wire::unix_now();
     let mut live: Vec<&IssuedToken> = store

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod auth_proxy;
 pub mod operator;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,11 @@ pub const FIELD_MANAGER: &str = "smart-operator-tests";
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Installs the process's rustls crypto provider (as main.rs does) so reqwest clients can be built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A client for the test control plane, or a panic that says how to get one.
