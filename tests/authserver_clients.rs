@@ -1156,13 +1156,12 @@ async fn s4s_legacy_debug_token_introspects_active_with_an_rfc1123_expiry() {
     assert!(info.active);
     assert_eq!(info.scopes, request.scopes);
     let expires_at = info.expires_at.expect("expires, an RFC 1123 date");
-    // The server's quirk (api.md): `expires` is the approval's Unix timestamp, which the client sets to
-    // now + lifetime, and also the access token's lifetime in seconds, so the token lives until
-    // now + (now + lifetime).
-    let sent_expires = minted_at + lifetime.as_secs();
+    // The server's quirk (api.md): `expires` is both the access token's lifetime in seconds and the
+    // approval's Unix timestamp. The client sends the lifetime, as the seed does, so the token lives
+    // exactly `lifetime` (before the fix it sent now + lifetime and the token lived for decades).
     assert_close(
         expires_at,
-        UNIX_EPOCH + Duration::from_secs(minted_at + sent_expires),
+        UNIX_EPOCH + Duration::from_secs(minted_at + lifetime.as_secs()),
         Duration::from_secs(3),
     );
     assert_eq!(dev.count("debug_token", "200").await, 1);

@@ -123,9 +123,11 @@ impl AuthServer for S4sLegacyClient {
         })
     }
 
-    /// `expires` is both the approval's expiry (a Unix timestamp) and the token's lifetime in seconds on
-    /// this server; a future timestamp keeps the approval valid. The real expiry comes from
-    /// introspection.
+    /// `expires` is both the token's lifetime in seconds and (read as a Unix timestamp) the approval's
+    /// expiry on this server. The lifetime is what the user asked for, so it is sent as seconds, as the
+    /// seed's own example does (`"expires": 360` gives a token that works for 6 minutes). The approval
+    /// then lies in 1970, so the refresh token of a debug token cannot be used; a far-future timestamp
+    /// instead would make the access token live for decades. The real expiry comes from introspection.
     async fn mint_debug_token(
         &self,
         client: &ClientCredentials,
@@ -135,7 +137,7 @@ impl AuthServer for S4sLegacyClient {
         let redactor = Redactor::new().with(client.client_secret.as_ref());
         let body = json!({
             "client_id": client.client_id,
-            "expires": unix_seconds(SystemTime::now() + request.lifetime),
+            "expires": request.lifetime.as_secs(),
             "scopes": request.scopes.join(" "),
             "user": request.user,
             "patient_id": request.patient_id,
