@@ -873,6 +873,28 @@ async fn s4s_legacy_client_uses_a_chosen_id_and_a_strong_secret_and_survives_a_w
         remote[0]["client_secret"].as_str(),
         Some(client_secret.as_str())
     );
+
+    // The wipe this test is named for: the same id and the same secret come back.
+    s.server.reset().await;
+    let remote = eventually(
+        "the client registered again after the wipe",
+        Duration::from_secs(30),
+        || async {
+            let clients = s.server.clients().await;
+            (!clients.is_empty()).then_some(clients)
+        },
+    )
+    .await;
+    assert_eq!(remote[0]["client_id"].as_str(), Some("growth-chart-dev"));
+    assert_eq!(
+        remote[0]["client_secret"].as_str(),
+        Some(client_secret.as_str()),
+        "mounted credentials keep working after a wipe"
+    );
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert_eq!(secret_value(&secret, "client_secret"), Some(client_secret));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -745,9 +745,12 @@ impl Run<'_> {
             if action == Action::Replace && self.client.spec.client_id.is_none() {
                 client_id = format!("{client_id}.{}", &desired_hash[..8]);
             }
+            // A server that lost its state gets the same id and secret back, so mounted credentials
+            // keep working: the forgotten credentials count as ours.
             let reuse = self
                 .credentials
                 .as_ref()
+                .or(self.forgotten.as_ref())
                 .filter(|c| c.client_id == client_id)
                 .and_then(|c| c.client_secret.clone());
             let chosen = StoredCredentials {
