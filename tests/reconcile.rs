@@ -491,6 +491,65 @@ async fn a_wiped_auth_server_is_detected_by_the_existence_check_and_the_client_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_existence_check_is_retried_and_never_registers_again() {
+    let s = setup(
+        "probe-unknown",
+        DevDialect::S4s,
+        &["--existence-check-interval", "1s"],
+    )
+    .await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let secret_version = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    // A gateway in front of the token endpoint answers 401 by itself: not the server's invalid_client.
+    s.server
+        .set_faults(json!({"error_rate": 1.0, "error_status": 401, "endpoints": ["token"]}))
+        .await;
+    let unknown = wait_for_ready(&s.client, &s.ns, "app", "False", "ExistenceUnknown").await;
+    eventually(
+        "several inconclusive checks",
+        Duration::from_secs(30),
+        || async { (s.server.count("token").await >= 3).then_some(()) },
+    )
+    .await;
+    s.server.clear_faults().await;
+    let recovered = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "nothing registered again"
+    );
+    assert_eq!(
+        unknown.status.as_ref().unwrap().client_id,
+        first.status.as_ref().unwrap().client_id
+    );
+    assert_eq!(
+        recovered.status.as_ref().unwrap().client_id,
+        first.status.as_ref().unwrap().client_id
+    );
+    assert!(
+        recovered.status.as_ref().unwrap().retry.is_none(),
+        "a conclusive check clears the backoff"
+    );
+    assert_eq!(
+        get_secret(&s.client, &s.ns, "app-smart-client")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        secret_version,
+        "the Secret was never rewritten"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_tokens_are_minted_introspected_and_re_minted_before_expiry() {
     let s = setup("tokens", DevDialect::S4s, &[]).await;
     let tokens = json!({"debugTokens": [{"name": "daniel", "user": "daniel-adams", "patientId": "smart-1288992", "lifetime": "4s", "refreshBefore": "2s"}]});

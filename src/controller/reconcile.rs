@@ -953,7 +953,12 @@ impl Run<'_> {
             .clone()
             .expect("plan probes only known clients");
         match auth.probe(&as_client_credentials(&credentials)).await? {
-            Existence::Exists => self.ctx.schedule_existence_check(&self.uid, self.now),
+            Existence::Exists => {
+                // The server answered and knows the client: an earlier failure's backoff is over
+                // (left in place, it would block a later deletion without an attempt; review C4).
+                self.status.retry = None;
+                self.ctx.schedule_existence_check(&self.uid, self.now);
+            }
             Existence::Gone => {
                 self.ctx
                     .publish(self.client, EventType::Warning, "ClientGone", "Probe", "the auth server no longer knows this client (its state was wiped?); registering again".into())
