@@ -6,80 +6,13 @@ mod common;
 use std::time::Duration;
 
 use common::operator::*;
+use common::scenario::*;
 use common::*;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use smart_operator::controller::reconcile::FINALIZER;
-use smart_operator::crd::SmartClient;
 use smart_operator::devserver::Dialect as DevDialect;
-
-const IAT: &str = "initial-access-token-for-tests";
-
-struct Setup {
-    client: kube::Client,
-    ns: String,
-    server: AuthServer,
-    operator: Operator,
-}
-
-/// A namespace with a dev server of `dialect`, a SmartAuthServer `dev` for it, and an operator.
-async fn setup(prefix: &str, dialect: DevDialect, operator_args: &[&str]) -> Setup {
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = fresh_namespace(&client, prefix).await;
-    let server = AuthServer::start(dialect, &[IAT]).await;
-    let crd_dialect = match dialect {
-        DevDialect::Rfc7591 => "RFC7591",
-        DevDialect::S4s => "S4S",
-        DevDialect::S4sLegacy => "S4SLegacy",
-    };
-    let mut spec = json!({"dialect": crd_dialect, "fhirBaseUrl": server.fhir_base_url()});
-    if crd_dialect == "RFC7591" {
-        apply(&client, Some(&ns), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iat"}, "stringData": {"token": IAT}}))
-            .await
-            .unwrap();
-        spec["credentials"] =
-            json!({"initialAccessTokenSecretRef": {"name": "iat", "key": "token"}});
-    }
-    apply(&client, Some(&ns), json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "dev"}, "spec": spec}))
-        .await
-        .unwrap();
-    let operator = Operator::start(&ns, operator_args);
-    Setup {
-        client,
-        ns,
-        server,
-        operator,
-    }
-}
-
-fn smart_client(name: &str, extra: Value) -> Value {
-    let mut spec = json!({
-        "authServerRef": {"name": "dev"},
-        "redirectUris": ["https://app.example.org/callback"],
-        "scopes": ["launch/patient", "patient/*.read", "openid"],
-    });
-    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
-        spec[k] = v;
-    }
-    json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": name}, "spec": spec})
-}
-
-fn api(s: &Setup) -> Api<SmartClient> {
-    Api::namespaced(s.client.clone(), &s.ns)
-}
-
-async fn patch_spec(s: &Setup, name: &str, spec: Value) {
-    api(s)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": spec})),
-        )
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc7591_client_is_registered_and_its_credentials_land_in_an_owned_secret() {

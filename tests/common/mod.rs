@@ -7,6 +7,7 @@
 
 pub mod auth_proxy;
 pub mod operator;
+pub mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
