@@ -32,8 +32,8 @@ use super::resolve::{
     ResolveError, ResolvedServer, http_settings, read_secret_key, resolve_server,
 };
 use super::secret::{
-    PublicValues, StoredCredentials, StoredToken, is_in_sync, read_credentials, render_data,
-    render_secret, secret_name,
+    PublicValues, SecretOwnership, StoredCredentials, StoredToken, is_in_sync, read_credentials,
+    render_data, render_secret, secret_name, secret_ownership,
 };
 use crate::authserver::{
     AuthServer, AuthServerClient, AuthServerError, ClientCredentials, DebugTokenRequest,
@@ -52,6 +52,8 @@ pub const FINALIZER: &str = crate::crd::admission::CLEANUP_FINALIZER;
 pub const ABANDON_ANNOTATION: &str = "smart.fhir.dev/abandon-registration";
 /// Field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "smart-operator";
+/// How often a SmartClient refused for a Secret it may not write looks again (one GET).
+const SECRET_CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
 /// Tunables of the SmartClient controller.
 #[derive(Clone, Debug)]
@@ -564,15 +566,23 @@ impl Run<'_> {
                 next_existence_check: self.ctx.next_existence_check(&self.uid, self.now),
             });
             debug!(?action, client = %self.client.name_any(), "planned");
+            // Before any write or remote call, the live Secret: the store may lag this operator's own
+            // last write, and it holds only Secrets labelled as the operator's, so a Secret of the
+            // user's with this name is seen only by a live read.
             let needs_secret = !matches!(
                 action,
-                Action::Wait(_) | Action::Backoff(_) | Action::AwaitSpecChange | Action::Register
+                Action::Wait(_) | Action::Backoff(_) | Action::AwaitSpecChange
             );
             if needs_secret && !secret_confirmed && !self.secret_written {
                 self.observed_secret = self.secrets.get_opt(&secret_name).await?;
                 self.take_credentials(&token_names);
                 secret_confirmed = true;
                 continue;
+            }
+            if let SecretOwnership::Foreign(why) =
+                secret_ownership(self.observed_secret.as_ref(), self.client)
+            {
+                return Ok(self.record_secret_conflict(why).await);
             }
             let needs_initial_token = matches!(
                 action,
@@ -1153,6 +1163,30 @@ impl Run<'_> {
         self.report_not_ready(reason, message, note, "Reconcile", true)
             .await;
         Requeue::await_change()
+    }
+
+    /// The Secret the spec names is not the operator's to write: refuse, and look again now and then
+    /// (the Secret may be deleted or renamed; the operator watches only its own Secrets).
+    async fn record_secret_conflict(&mut self, message: String) -> Requeue {
+        self.status.retry = None;
+        self.report_not_ready(
+            "SecretConflict",
+            message.clone(),
+            message,
+            "Reconcile",
+            false,
+        )
+        .await;
+        set_condition(
+            &mut self.status.conditions,
+            condition::SECRET_SYNCED,
+            false,
+            "SecretConflict",
+            "the Secret the spec names belongs to someone else; nothing is written to it",
+            Some(self.generation),
+            self.now,
+        );
+        Requeue::requeue(SECRET_CONFLICT_RECHECK)
     }
 
     async fn record_not_usable(&mut self, reason: &str, message: String) -> Requeue {

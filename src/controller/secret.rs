@@ -156,6 +156,53 @@ pub fn render_secret(client: &SmartClient, data: BTreeMap<String, ByteString>) -
     secret
 }
 
+/// Whether the Secret names this SmartClient as its controller: the one proof that the operator created
+/// it for this client (labels can be copied; an ownerReference uid cannot be guessed).
+fn controlled_by(observed: &Secret, client: &SmartClient) -> bool {
+    observed
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == client.meta().uid.as_ref())
+}
+
+/// Who controls the Secret a SmartClient names, as far as the operator may act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretOwnership {
+    /// No such Secret: the operator creates it.
+    Absent,
+    /// Created by the operator for this SmartClient.
+    Ours,
+    /// Someone else's (a Secret of the user's, or one another SmartClient controls): never written,
+    /// never adopted, and nothing is registered for it. The text says whose and what to do.
+    Foreign(String),
+}
+
+/// Decides whether the operator may write `observed` for `client` (review C8/S2: writing a Secret it
+/// did not create would hand one app's credentials to another, or let garbage collection delete a
+/// user's Secret with the SmartClient).
+pub fn secret_ownership(observed: Option<&Secret>, client: &SmartClient) -> SecretOwnership {
+    let Some(observed) = observed else {
+        return SecretOwnership::Absent;
+    };
+    if controlled_by(observed, client) {
+        return SecretOwnership::Ours;
+    }
+    let name = observed.name_any();
+    let controller = observed
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("{} {}", o.kind, o.name));
+    SecretOwnership::Foreign(match controller {
+        Some(controller) => format!(
+            "Secret {name} is controlled by {controller}; the operator writes only Secrets it created for this SmartClient: set spec.secret.name to a Secret that does not exist yet"
+        ),
+        None => format!(
+            "Secret {name} already exists and was not created by the operator for this SmartClient; it is left untouched: set spec.secret.name to a Secret that does not exist yet, or delete this one"
+        ),
+    })
+}
+
 /// Whether the observed Secret holds exactly what the operator would write for the keys it owns and is
 /// labelled as it should be. Extra keys written by others are left alone.
 pub fn is_in_sync(
@@ -172,11 +219,9 @@ pub fn is_in_sync(
         .unwrap_or_default()
         .iter()
         .all(|(k, v)| labels.get(k) == Some(v));
-    let owned = observed
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == client.meta().uid.as_ref());
-    labels_ok && owned && data.iter().all(|(k, v)| observed_data.get(k) == Some(v))
+    labels_ok
+        && controlled_by(observed, client)
+        && data.iter().all(|(k, v)| observed_data.get(k) == Some(v))
 }
 
 /// Reads credentials back from a Secret the operator wrote (after a restart, when memory is empty).
@@ -186,11 +231,7 @@ pub fn read_credentials(
     client: &SmartClient,
     token_names: &[String],
 ) -> Option<StoredCredentials> {
-    let owned = observed
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == client.meta().uid.as_ref());
-    if !owned {
+    if !controlled_by(observed, client) {
         return None;
     }
     let keys = key_names(client);
@@ -306,6 +347,32 @@ mod tests {
         assert_eq!(read.client_id, "id-1");
         assert_eq!(read.client_secret.unwrap().expose_secret(), "secret-1");
         assert_eq!(read.tokens["daniel"].access_token.expose_secret(), "at");
+    }
+
+    #[test]
+    fn only_a_secret_this_client_controls_is_ours() {
+        let c = client(serde_json::json!({"name": "shared"}));
+        assert_eq!(secret_ownership(None, &c), SecretOwnership::Absent);
+        let ours = render_secret(&c, BTreeMap::new());
+        assert_eq!(secret_ownership(Some(&ours), &c), SecretOwnership::Ours);
+
+        let mut users = Secret::default();
+        users.metadata.name = Some("shared".into());
+        assert!(matches!(
+            secret_ownership(Some(&users), &c),
+            SecretOwnership::Foreign(why) if why.contains("not created by the operator")
+        ));
+
+        // Another SmartClient's Secret, labels and all: the uid decides.
+        let mut other = client(serde_json::json!({"name": "shared"}));
+        other.metadata.name = Some("other".into());
+        other.metadata.uid = Some("uid-2".into());
+        let theirs = render_secret(&other, BTreeMap::new());
+        assert!(matches!(
+            secret_ownership(Some(&theirs), &c),
+            SecretOwnership::Foreign(why) if why.contains("SmartClient other")
+        ));
+        assert!(read_credentials(&theirs, &c, &[]).is_none());
     }
 
     #[test]

@@ -75,4 +75,3 @@ pub async fn patch_spec(s: &Setup, name: &str, spec: Value) {
         .await
         .unwrap();
 }
-
