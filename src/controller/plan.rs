@@ -80,14 +80,16 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
             Action::ReRegister
         };
     };
+    // What the operator holds goes to the Secret before anything else reaches the server: a write that
+    // failed earlier is retried first, and never answered with a new registration.
+    if !input.secret_in_sync {
+        return Action::WriteSecret;
+    }
     if status.applied_metadata_hash.as_deref() != Some(input.desired_hash) {
         return match input.dialect {
             Dialect::Rfc7591 => Action::Update,
             Dialect::S4s | Dialect::S4sLegacy => Action::Replace,
         };
-    }
-    if !input.secret_in_sync {
-        return Action::WriteSecret;
     }
     if input.now >= input.next_existence_check {
         return Action::ProbeExistence;
@@ -244,6 +246,18 @@ mod tests {
     fn lost_credentials_of_a_known_client_re_register() {
         let status = healthy_status();
         assert_eq!(plan_next_action(&input(&status, None)), Action::ReRegister);
+    }
+
+    #[test]
+    fn credentials_not_yet_in_the_secret_are_written_before_an_update_or_replacement() {
+        let status = healthy_status();
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        i.secret_in_sync = false;
+        i.desired_hash = "h2";
+        assert_eq!(plan_next_action(&i), Action::WriteSecret);
+        i.dialect = Dialect::S4s;
+        assert_eq!(plan_next_action(&i), Action::WriteSecret);
     }
 
     #[test]

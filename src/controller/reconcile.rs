@@ -338,6 +338,8 @@ pub enum ReconcileError {
     Resolve(#[from] ResolveError),
     #[error("kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    #[error("the Secret could not be written: {0}")]
+    SecretWrite(kube::Error),
     #[error("{0}")]
     CredentialsLost(String),
     #[error("deleting the registration failed; retrying in {}s", retry_in.as_secs())]
@@ -352,6 +354,7 @@ impl ReconcileError {
             ReconcileError::AuthServer(e) => e.reason(),
             ReconcileError::Resolve(e) => e.reason(),
             ReconcileError::Kube(_) => "KubernetesApiError",
+            ReconcileError::SecretWrite(_) => "SecretWriteFailed",
             ReconcileError::CredentialsLost(_) => "CredentialsLost",
             ReconcileError::CleanupPending { .. } => "CleanupPending",
             ReconcileError::CleanupBlocked => "DeletionBlocked",
@@ -487,6 +490,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
     let outcome = run.drive().await;
     let requeue = match outcome {
         Ok(requeue) => requeue,
+        Err(ReconcileError::SecretWrite(e)) => return run.report_secret_write_failure(&e).await,
         Err(ReconcileError::AuthServer(e)) => run.record_auth_server_error(&e).await,
         Err(ReconcileError::Resolve(ResolveError::Kube(e))) | Err(ReconcileError::Kube(e)) => {
             // Whatever the server handed out before the apiserver failed still goes to the Secret.
@@ -505,12 +509,25 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         }
     };
     // The Secret first: whoever sees Ready finds the credentials.
-    run.flush().await?;
+    if let Err(ReconcileError::SecretWrite(e)) = run.flush().await {
+        return run.report_secret_write_failure(&e).await;
+    }
     run.write_status().await?;
     Ok(requeue)
 }
 
 impl Run<'_> {
+    /// A failed Secret write ends the reconcile: status (with the client id the server handed out) is
+    /// still written, so the failure is visible and the id is on record twice.
+    async fn report_secret_write_failure(
+        &mut self,
+        error: &kube::Error,
+    ) -> Result<Requeue, ReconcileError> {
+        let requeue = self.record_secret_write_failure(error).await;
+        self.write_status().await?;
+        Ok(requeue)
+    }
+
     async fn drive(&mut self) -> Result<Requeue, ReconcileError> {
         let desired = match desired_metadata(self.client) {
             Ok(desired) => desired,
@@ -720,11 +737,14 @@ impl Run<'_> {
         );
     }
 
-    /// Writes the staged Secret, and remembers the credentials it holds.
+    /// Writes the staged Secret. Memory takes the credentials first: it is the write-ahead record, so a
+    /// write the apiserver refuses (or a crash after the server answered) loses nothing; the next
+    /// reconcile writes the Secret again from memory instead of registering again (review C1/C2).
     async fn flush(&mut self) -> Result<(), ReconcileError> {
         let Some(secret) = self.pending_secret.take() else {
             return Ok(());
         };
+        self.ctx.remember(&self.uid, self.credentials.clone());
         let name = secret.metadata.name.clone().unwrap_or_default();
         let written = self
             .secrets
@@ -733,10 +753,59 @@ impl Run<'_> {
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&secret),
             )
-            .await?;
+            .await
+            .map_err(ReconcileError::SecretWrite)?;
         self.observed_secret = Some(written);
-        self.ctx.remember(&self.uid, self.credentials.clone());
         Ok(())
+    }
+
+    /// The Secret could not be written. The credentials stay in memory; status says why (the
+    /// apiserver's words) and the write is retried with growing backoff, before any remote call.
+    async fn record_secret_write_failure(&mut self, error: &kube::Error) -> Requeue {
+        let failures = self
+            .status
+            .retry
+            .as_ref()
+            .map_or(0, |r| r.failures.max(0) as u32)
+            .saturating_add(1);
+        let delay = backoff_delay(
+            failures,
+            self.ctx.settings.backoff_base,
+            self.ctx.settings.backoff_cap,
+            rand::random(),
+        );
+        self.status.retry = Some(RetryStatus {
+            failures: failures.min(i32::MAX as u32) as i32,
+            next_attempt_at: Some(Time(self.now + delay)),
+        });
+        let name = secret_name(self.client);
+        let reason = match error {
+            kube::Error::Api(status) => status.message.clone(),
+            other => other.to_string(),
+        };
+        let message = format!(
+            "the Secret {name} could not be written: {reason}; the credentials are kept and the write is retried (attempt {failures}, next in {}s)",
+            delay.as_secs()
+        );
+        set_condition(
+            &mut self.status.conditions,
+            condition::SECRET_SYNCED,
+            false,
+            "SecretWriteFailed",
+            message.clone(),
+            Some(self.generation),
+            self.now,
+        );
+        warn!(client = %self.client.name_any(), secret = %name, %reason, "could not write the Secret");
+        self.report_not_ready(
+            "SecretWriteFailed",
+            message.clone(),
+            message,
+            "WriteSecret",
+            false,
+        )
+        .await;
+        Requeue::requeue(delay)
     }
 
     async fn register(
@@ -1070,6 +1139,9 @@ impl Run<'_> {
     }
 
     fn mark_ready(&mut self, server: &ResolvedServer) {
+        // Healthy: whatever failed before (a Secret write, a probe) has been done since, so no backoff
+        // is left to delay or block what comes next (a deletion, say).
+        self.status.retry = None;
         let token_names = self.debug_token_names(server.dialect());
         self.status
             .debug_tokens

@@ -142,7 +142,7 @@ pub fn render_secret(client: &SmartClient, data: BTreeMap<String, ByteString>) -
     let spec = client.spec.secret.clone().unwrap_or_default();
     let mut labels = spec.labels.unwrap_or_default();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(CLIENT_LABEL.into(), client.name_any());
+    labels.insert(CLIENT_LABEL.into(), client_label_value(&client.name_any()));
     let mut secret = Secret {
         data: Some(data),
         type_: Some("Opaque".into()),
@@ -154,6 +154,21 @@ pub fn render_secret(client: &SmartClient, data: BTreeMap<String, ByteString>) -
     secret.metadata.annotations = spec.annotations.filter(|a| !a.is_empty());
     secret.metadata.owner_references = client.controller_owner_ref(&()).map(|owner| vec![owner]);
     secret
+}
+
+/// The SmartClient's name as a label value. Names may have 253 characters, label values 63: a longer
+/// name is cut and a hash of the whole name appended, so the label stays unique and the write valid
+/// (review C1: an invalid label made every Secret write fail).
+pub fn client_label_value(name: &str) -> String {
+    const MAX: usize = 63;
+    if name.len() <= MAX {
+        return name.to_owned();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    // Names are lowercase alphanumerics, '-' and '.', so any cut is ASCII and valid in the middle.
+    format!("{}-{hash}", &name[..MAX - 1 - hash.len()])
 }
 
 /// Whether the Secret names this SmartClient as its controller: the one proof that the operator created
@@ -347,6 +362,18 @@ mod tests {
         assert_eq!(read.client_id, "id-1");
         assert_eq!(read.client_secret.unwrap().expose_secret(), "secret-1");
         assert_eq!(read.tokens["daniel"].access_token.expose_secret(), "at");
+    }
+
+    #[test]
+    fn long_names_become_valid_distinct_label_values() {
+        let short = "growth-chart";
+        assert_eq!(client_label_value(short), short);
+        let long_a = format!("{}a", "x".repeat(70));
+        let long_b = format!("{}b", "x".repeat(70));
+        let (a, b) = (client_label_value(&long_a), client_label_value(&long_b));
+        assert_eq!(a.len(), 63);
+        assert_ne!(a, b);
+        assert!(a.ends_with(|c: char| c.is_ascii_alphanumeric()));
     }
 
     #[test]

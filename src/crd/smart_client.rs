@@ -261,22 +261,43 @@ pub struct SecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<SecretKeys>,
 
-    /// Extra labels for the Secret. `app.kubernetes.io/managed-by` is always `smart-operator`.
+    /// Extra labels for the Secret: keys are qualified names (`[prefix/]name`), values at most 63
+    /// characters of `[A-Za-z0-9-_.]` starting and ending alphanumeric, as on any object.
+    /// `app.kubernetes.io/managed-by` is always `smart-operator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "string_map_schema")]
+    #[schemars(schema_with = "label_map_schema")]
     pub labels: Option<BTreeMap<String, String>>,
 
-    /// Extra annotations for the Secret (e.g. for reloaders or external-secrets tooling).
+    /// Extra annotations for the Secret (e.g. for reloaders or external-secrets tooling); keys are
+    /// qualified names (`[prefix/]name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "string_map_schema")]
+    #[schemars(schema_with = "annotation_map_schema")]
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-fn string_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+// Checked at admission because a Secret write the apiserver refuses would strand credentials the auth
+// server already handed out (review C1).
+fn label_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "type": "string", "maxLength": 63 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, !format.qualifiedName().validate(k).hasValue() && !format.labelValue().validate(self[k]).hasValue())",
+            "message": "every label must be valid on a Secret: keys are qualified names ([prefix/]name), values at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric",
+        }],
+    })
+}
+
+fn annotation_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "maxProperties": 64,
         "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, !format.qualifiedName().validate(k).hasValue())",
+            "message": "every annotation key must be a qualified name ([prefix/]name)",
+        }],
     })
 }
 

@@ -1,0 +1,241 @@
+//! Whatever an auth server hands out is kept until it is in the Secret (review C1/C2/C3): a Secret
+//! write that fails is retried from memory with backoff and reported, never dropped, and never answered
+//! with a second registration.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::operator::*;
+use common::scenario::*;
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+use smart_operator::devserver::Dialect as DevDialect;
+
+/// A ValidatingAdmissionPolicy refusing `operations` on the Secret `secret` in the namespace: stands in
+/// for an admission webhook outage, a policy engine or a quota refusing the write.
+async fn refuse_secret_writes(s: &Setup, secret: &str, operations: &[&str]) -> String {
+    let name = format!("refuse-secret-{}", s.ns);
+    apply(&s.client, None, json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": ["secrets"]}]},
+                 "validations": [{"expression": format!("object.metadata.name != '{secret}'"), "message": "refused by the test's admission policy"}]}
+    }))
+    .await
+    .unwrap();
+    apply(&s.client, None, json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}}}
+    }))
+    .await
+    .unwrap();
+    // In force once a dry-run write of that Secret is refused.
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let probe: Secret =
+        serde_json::from_value(json!({"metadata": {"name": secret}, "stringData": {"k": "v"}}))
+            .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refusing = |e: &kube::Error| e.to_string().contains("refused by the test's");
+    loop {
+        let in_force = if operations.contains(&"CREATE") {
+            let create = secrets.create(&dry_run, &probe).await;
+            create.as_ref().err().is_some_and(refusing)
+        } else {
+            let params = kube::api::PatchParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let patch = kube::api::Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
+            let update = secrets.patch(secret, &params, &patch).await;
+            update.as_ref().err().is_some_and(refusing)
+        };
+        if in_force {
+            return name;
+        }
+        assert!(Instant::now() < deadline, "the policy never took effect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn allow_secret_writes(name: &str) {
+    for kind in [
+        "validatingadmissionpolicybinding",
+        "validatingadmissionpolicy",
+    ] {
+        let (ok, _, err) = run_tool("kubectl", &["delete", kind, name, "--ignore-not-found"]);
+        assert!(ok, "kubectl delete {kind} {name}: {err}");
+    }
+}
+
+fn condition_of(
+    client: &smart_operator::crd::SmartClient,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    client
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_write_keeps_the_credentials_and_registers_nothing_more() {
+    let s = setup("wal-refused", DevDialect::Rfc7591, &[]).await;
+    let policy = refuse_secret_writes(&s, "app-smart-client", &["CREATE", "UPDATE"]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+
+    let reported = eventually(
+        "SecretSynced=False with the apiserver's reason",
+        Duration::from_secs(30),
+        || async {
+            let client = api(&s).get("app").await.ok()?;
+            let synced = condition_of(&client, "SecretSynced")?;
+            (synced.status == "False" && synced.reason == "SecretWriteFailed").then_some(client)
+        },
+    )
+    .await;
+    let message = condition_of(&reported, "SecretSynced").unwrap().message;
+    assert!(
+        message.contains("refused by the test's admission policy"),
+        "{message}"
+    );
+    let registered_id = reported
+        .status
+        .unwrap()
+        .client_id
+        .expect("status names the client id");
+    // Several retries at the test's backoff (200 ms up to 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "a failed Secret write is retried from memory, not answered with a new registration"
+    );
+
+    allow_secret_writes(&policy).await;
+    let ready = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    assert_eq!(ready.status.unwrap().client_id, Some(registered_id.clone()));
+    assert_eq!(s.server.count("register").await, 1);
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    let remote = s.server.clients().await;
+    assert_eq!(remote.len(), 1);
+    assert_eq!(
+        secret_value(&secret, "client_id").as_deref(),
+        Some(registered_id.as_str())
+    );
+    assert_eq!(
+        remote[0]["client_secret"].as_str(),
+        secret_value(&secret, "client_secret").as_deref(),
+        "the Secret holds the credentials the server handed out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_registration_access_token_that_cannot_be_written_is_not_lost() {
+    let s = setup("wal-rat", DevDialect::Rfc7591, &[]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let policy = refuse_secret_writes(&s, "app-smart-client", &["UPDATE"]).await;
+    patch_spec(
+        &s,
+        "app",
+        json!({"clientName": "renamed while Secret writes fail"}),
+    )
+    .await;
+    eventually(
+        "the PUT happened and the Secret write failed",
+        Duration::from_secs(30),
+        || async {
+            let client = api(&s).get("app").await.ok()?;
+            let synced = condition_of(&client, "SecretSynced")?;
+            (s.server.count("update").await >= 1 && synced.reason == "SecretWriteFailed")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    allow_secret_writes(&policy).await;
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+
+    let remote = s.server.clients().await;
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert_eq!(
+        remote[0]["registration_access_token"].as_str(),
+        secret_value(&secret, "registration_access_token").as_deref(),
+        "the Secret holds the token the PUT rotated to"
+    );
+    assert_eq!(s.server.count("update").await, 1, "one PUT, not retried");
+    // The client can still be deleted with that token.
+    api(&s)
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the registration is deleted",
+        Duration::from_secs(30),
+        || async { s.server.clients().await.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smart_client_name_longer_than_a_label_value_still_gets_its_secret() {
+    let s = setup("wal-long", DevDialect::Rfc7591, &[]).await;
+    let name = format!("a-{}app", "very-long-application-name-".repeat(3));
+    assert!(name.len() > 63);
+    create(&s.client, Some(&s.ns), smart_client(&name, json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, &name, "True", "Ready").await;
+    assert_eq!(s.server.count("register").await, 1);
+    let secret = get_secret(&s.client, &s.ns, &format!("{name}-smart-client"))
+        .await
+        .expect("the Secret");
+    let label = secret.metadata.labels.unwrap()["smart.fhir.dev/client"].clone();
+    assert!(label.len() <= 63, "{label}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_labels_and_annotations_that_no_secret_could_carry_are_refused_at_admission() {
+    let s = setup("wal-labels", DevDialect::Rfc7591, &[]).await;
+    for (field, secret) in [
+        ("labels", json!({"labels": {"team": "Labs & Results"}})),
+        ("labels", json!({"labels": {"bad key!": "x"}})),
+        ("annotations", json!({"annotations": {"not a key": "x"}})),
+    ] {
+        let refused = create(
+            &s.client,
+            Some(&s.ns),
+            smart_client("app", json!({"secret": secret})),
+        )
+        .await
+        .expect_err("refused at admission");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("spec.secret.{field}")),
+            "{refused}"
+        );
+    }
+    assert_eq!(s.server.count("register").await, 0);
+}
