@@ -1396,6 +1396,7 @@ impl Floor {
             registration_access_token: registered.registration_access_token.clone(),
             registration_client_uri: registered.registration_client_uri.clone(),
             tokens: BTreeMap::new(),
+            applied_metadata_hash: Some(metadata_hash(&desired)),
         };
         let mut status = SmartClientStatus {
             observed_generation: Some(generation),
@@ -1452,7 +1453,11 @@ impl Floor {
             fhir_base_url: Some(self.fhir_base_url.clone()),
             scope: desired.scopes.join(" "),
         };
-        let secret = render_secret(&object, render_data(&object, &credentials, &public));
+        let secret = render_secret(
+            &object,
+            render_data(&object, &credentials, &public),
+            credentials.applied_metadata_hash.as_deref(),
+        );
         let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         secrets

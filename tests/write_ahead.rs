@@ -239,3 +239,144 @@ async fn secret_labels_and_annotations_that_no_secret_could_carry_are_refused_at
     }
     assert_eq!(s.server.count("register").await, 0);
 }
+
+/// A ValidatingAdmissionPolicy refusing status writes of SmartClients in the namespace: the operator's
+/// status write fails after the Secret write succeeded (review C3, window W2).
+async fn refuse_status_writes(s: &Setup) -> String {
+    let name = format!("refuse-status-{}", s.ns);
+    apply(&s.client, None, json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["smart.fhir.dev"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["smartclients/status"]}]},
+                 "validations": [{"expression": "false", "message": "status refused by the test's admission policy"}]}
+    }))
+    .await
+    .unwrap();
+    apply(&s.client, None, json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}}}
+    }))
+    .await
+    .unwrap();
+    // In force once a SmartClient's status write is refused.
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("status-probe", json!({"authServerRef": {"name": "none"}})),
+    )
+    .await
+    .unwrap();
+    let clients = api(s);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let patch = kube::api::Patch::Merge(json!({"status": {"observedGeneration": 0}}));
+        let written = clients
+            .patch_status("status-probe", &kube::api::PatchParams::default(), &patch)
+            .await;
+        if written.is_err_and(|e| e.to_string().contains("status refused")) {
+            clients
+                .delete("status-probe", &DeleteParams::default())
+                .await
+                .unwrap();
+            return name;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the status policy never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s4s_client_whose_status_cannot_be_written_is_registered_once_across_a_crash() {
+    let mut s = setup("wal-status", DevDialect::S4s, &[]).await;
+    let policy = refuse_status_writes(&s).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    let secret = eventually("the Secret is written", Duration::from_secs(30), || async {
+        get_secret(&s.client, &s.ns, "app-smart-client").await
+    })
+    .await;
+    // The status write keeps failing; retries must not replace the client.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "no replacement while status lags"
+    );
+    // A crash in this window, then a new operator that finds only the Secret.
+    s.operator.kill_hard();
+    allow_secret_writes(&policy).await;
+    s.operator.restart();
+    let ready = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let client_id = secret_value(&secret, "client_id").unwrap();
+    assert_eq!(
+        ready.status.unwrap().client_id.as_deref(),
+        Some(client_id.as_str())
+    );
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "the owned Secret is the truth after a restart, even when status never named the client"
+    );
+    let now = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert_eq!(secret_value(&now, "client_id"), Some(client_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deleted_after_an_operator_restart_is_restored_not_registered_again() {
+    let mut s = setup("wal-restart", DevDialect::Rfc7591, &[]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let original = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    s.operator.restart();
+    eventually(
+        "the restarted operator reconciled the client",
+        Duration::from_secs(30),
+        || async {
+            s.operator
+                .log()
+                .contains("planned action=Wait")
+                .then_some(())
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    secrets
+        .delete("app-smart-client", &DeleteParams::default())
+        .await
+        .unwrap();
+    let restored = eventually(
+        "the Secret is restored",
+        Duration::from_secs(30),
+        || async {
+            get_secret(&s.client, &s.ns, "app-smart-client")
+                .await
+                .filter(|s| s.metadata.uid != original.metadata.uid)
+        },
+    )
+    .await;
+    for key in ["client_id", "client_secret", "registration_access_token"] {
+        assert_eq!(
+            secret_value(&restored, key),
+            secret_value(&original, key),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "restored, not registered again"
+    );
+}

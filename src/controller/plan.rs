@@ -85,10 +85,20 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
     if !input.secret_in_sync {
         return Action::WriteSecret;
     }
-    if status.applied_metadata_hash.as_deref() != Some(input.desired_hash) {
-        return match input.dialect {
-            Dialect::Rfc7591 => Action::Update,
-            Dialect::S4s | Dialect::S4sLegacy => Action::Replace,
+    // The record that came with the credentials is the truth; status is its report and may lag (a
+    // status write that failed, a restart before it): an up-to-date client is never updated or replaced
+    // because of that. Records written before the hash was kept fall back to status.
+    let applied_hash = credentials
+        .applied_metadata_hash
+        .as_deref()
+        .or(status.applied_metadata_hash.as_deref());
+    if applied_hash != Some(input.desired_hash) {
+        return match (input.dialect, applied_hash) {
+            (Dialect::Rfc7591, _) => Action::Update,
+            // Credentials the server never confirmed (an S4SLegacy choice written before it was
+            // posted): post them again; the dialect tells "already ours" from a refusal.
+            (Dialect::S4sLegacy, None) => Action::Register,
+            (Dialect::S4s | Dialect::S4sLegacy, _) => Action::Replace,
         };
     }
     if input.now >= input.next_existence_check {
@@ -187,6 +197,7 @@ mod tests {
                     )
                 })
                 .collect::<BTreeMap<_, _>>(),
+            applied_metadata_hash: Some("h1".into()),
         }
     }
 
@@ -240,6 +251,29 @@ mod tests {
         assert_eq!(plan_next_action(&i), Action::Update);
         i.dialect = Dialect::S4s;
         assert_eq!(plan_next_action(&i), Action::Replace);
+    }
+
+    #[test]
+    fn a_status_that_lags_the_record_changes_nothing() {
+        // The Secret (the record) says h1 was applied; status never got written.
+        let status = SmartClientStatus::default();
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        i.dialect = Dialect::S4s;
+        assert_eq!(
+            plan_next_action(&i),
+            Action::Wait(Some(Duration::from_secs(600)))
+        );
+    }
+
+    #[test]
+    fn an_unconfirmed_s4s_legacy_choice_is_posted_again() {
+        let status = SmartClientStatus::default();
+        let mut creds = credentials(&[]);
+        creds.applied_metadata_hash = None;
+        let mut i = input(&status, Some(&creds));
+        i.dialect = Dialect::S4sLegacy;
+        assert_eq!(plan_next_action(&i), Action::Register);
     }
 
     #[test]

@@ -566,6 +566,7 @@ impl Run<'_> {
                     observed,
                     self.client,
                     &render_data(self.client, credentials, &public),
+                    credentials.applied_metadata_hash.as_deref(),
                 ),
                 (Some(_), None) => false,
                 (None, _) => true,
@@ -672,14 +673,29 @@ impl Run<'_> {
         Ok(Requeue::requeue(self.ctx.settings.backoff_base))
     }
 
-    /// What the operator knows: its memory, else the credentials in the observed Secret (after a
-    /// restart) if they belong to the client id status names.
+    /// What the operator knows: its memory, else the record in the Secret it owns (after a restart or
+    /// a leader change). The owned Secret is the truth even when status lags: it is written before
+    /// status, and its ownerReference uid proves it is this SmartClient's. Read once, it seeds memory,
+    /// so a Secret deleted later is restored rather than registered again, and status is brought in
+    /// line with it (review C3).
     fn take_credentials(&mut self, token_names: &[String]) {
         self.credentials = self.ctx.remembered(&self.uid).or_else(|| {
-            let observed = self.observed_secret.as_ref()?;
-            read_credentials(observed, self.client, token_names)
-                .filter(|c| Some(&c.client_id) == self.status.client_id.as_ref())
+            let recovered =
+                read_credentials(self.observed_secret.as_ref()?, self.client, token_names)?;
+            self.ctx.remember(&self.uid, Some(recovered.clone()));
+            Some(recovered)
         });
+        let Some(record) = &self.credentials else {
+            return;
+        };
+        // Status reports the record; where a status write was lost, it catches up from it.
+        if self.status.client_id.as_ref() != Some(&record.client_id) {
+            self.status.client_id = Some(record.client_id.clone());
+            self.status.registration_client_uri = record.registration_client_uri.clone();
+            self.status.applied_metadata_hash = record.applied_metadata_hash.clone();
+        } else if record.applied_metadata_hash.is_some() {
+            self.status.applied_metadata_hash = record.applied_metadata_hash.clone();
+        }
     }
 
     fn debug_token_names(&self, dialect: Dialect) -> Vec<String> {
@@ -721,7 +737,11 @@ impl Run<'_> {
             credentials,
             &self.public_values(server, requested),
         );
-        let secret = render_secret(self.client, data);
+        let secret = render_secret(
+            self.client,
+            data,
+            credentials.applied_metadata_hash.as_deref(),
+        );
         let name = secret.metadata.name.clone().unwrap_or_default();
         self.observed_secret = Some(secret.clone());
         self.pending_secret = Some(secret);
@@ -824,6 +844,15 @@ impl Run<'_> {
             if action == Action::Replace && self.client.spec.client_id.is_none() {
                 client_id = format!("{client_id}.{}", &desired_hash[..8]);
             }
+            // A choice persisted earlier but never confirmed (a crash or a failure after it was
+            // written) is posted again as it is: the server may hold it already.
+            let unconfirmed = self
+                .credentials
+                .as_ref()
+                .filter(|c| c.applied_metadata_hash.is_none());
+            if let Some(earlier) = unconfirmed {
+                client_id = earlier.client_id.clone();
+            }
             // A server that lost its state gets the same id and secret back, so mounted credentials
             // keep working: the forgotten credentials count as ours.
             let reuse = self
@@ -838,6 +867,8 @@ impl Run<'_> {
                 registration_access_token: None,
                 registration_client_uri: None,
                 tokens: Default::default(),
+                // Not registered yet: no metadata is applied until the server says so.
+                applied_metadata_hash: None,
             };
             self.credentials = Some(chosen.clone());
             self.persist(server, &desired.scopes);
@@ -950,6 +981,7 @@ impl Run<'_> {
             }),
             registration_client_uri: registration_client_uri.clone(),
             tokens: keep_tokens.unwrap_or_default(),
+            applied_metadata_hash: Some(desired_hash.to_owned()),
         });
         let same_client = previous.is_some();
         self.status.client_id = Some(client_id);

@@ -15,6 +15,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "smart-operator";
 /// Label naming the SmartClient a Secret belongs to.
 pub const CLIENT_LABEL: &str = "smart.fhir.dev/client";
+/// Annotation recording which metadata (its hash) the credentials in the Secret were registered with,
+/// so the Secret alone tells a restarted operator what is on the server even when status lags.
+pub const APPLIED_METADATA_HASH_ANNOTATION: &str = "smart.fhir.dev/applied-metadata-hash";
 
 /// Every credential the operator holds for one registration.
 #[derive(Clone, Debug)]
@@ -24,6 +27,10 @@ pub struct StoredCredentials {
     pub registration_access_token: Option<SecretString>,
     pub registration_client_uri: Option<String>,
     pub tokens: BTreeMap<String, StoredToken>,
+    /// The hash of the metadata this registration was made (or last updated) with. With the
+    /// credentials it is the write-ahead record: kept in memory and in the Secret, so neither a failed
+    /// status write nor a restart makes the operator update or replace a client that is up to date.
+    pub applied_metadata_hash: Option<String>,
 }
 
 /// One debug token as kept in the Secret.
@@ -138,7 +145,11 @@ pub fn render_data(
 
 /// The whole Secret object for server-side apply: owned by the SmartClient (so it is garbage-collected
 /// with it) and labelled so the operator's watch sees it.
-pub fn render_secret(client: &SmartClient, data: BTreeMap<String, ByteString>) -> Secret {
+pub fn render_secret(
+    client: &SmartClient,
+    data: BTreeMap<String, ByteString>,
+    applied_metadata_hash: Option<&str>,
+) -> Secret {
     let spec = client.spec.secret.clone().unwrap_or_default();
     let mut labels = spec.labels.unwrap_or_default();
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
@@ -151,7 +162,11 @@ pub fn render_secret(client: &SmartClient, data: BTreeMap<String, ByteString>) -
     secret.metadata.name = Some(secret_name(client));
     secret.metadata.namespace = client.namespace();
     secret.metadata.labels = Some(labels);
-    secret.metadata.annotations = spec.annotations.filter(|a| !a.is_empty());
+    let mut annotations = spec.annotations.unwrap_or_default();
+    if let Some(hash) = applied_metadata_hash {
+        annotations.insert(APPLIED_METADATA_HASH_ANNOTATION.into(), hash.to_owned());
+    }
+    secret.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
     secret.metadata.owner_references = client.controller_owner_ref(&()).map(|owner| vec![owner]);
     secret
 }
@@ -224,10 +239,17 @@ pub fn is_in_sync(
     observed: &Secret,
     client: &SmartClient,
     data: &BTreeMap<String, ByteString>,
+    applied_metadata_hash: Option<&str>,
 ) -> bool {
     let observed_data = observed.data.clone().unwrap_or_default();
     let labels = observed.labels();
-    let wanted = render_secret(client, BTreeMap::new());
+    let wanted = render_secret(client, BTreeMap::new(), None);
+    let hash_ok = applied_metadata_hash.is_none_or(|hash| {
+        observed
+            .annotations()
+            .get(APPLIED_METADATA_HASH_ANNOTATION)
+            .is_some_and(|h| h == hash)
+    });
     let labels_ok = wanted
         .metadata
         .labels
@@ -235,6 +257,7 @@ pub fn is_in_sync(
         .iter()
         .all(|(k, v)| labels.get(k) == Some(v));
     labels_ok
+        && hash_ok
         && controlled_by(observed, client)
         && data.iter().all(|(k, v)| observed_data.get(k) == Some(v))
 }
@@ -277,6 +300,10 @@ pub fn read_credentials(
         registration_access_token: secret(&keys.registration_access_token),
         registration_client_uri: text(&keys.registration_client_uri),
         tokens,
+        applied_metadata_hash: observed
+            .annotations()
+            .get(APPLIED_METADATA_HASH_ANNOTATION)
+            .cloned(),
     })
 }
 
@@ -313,6 +340,7 @@ mod tests {
                     expires_at: Some("2026-11-23T12:00:00Z".into()),
                 },
             )]),
+            applied_metadata_hash: Some("h1".into()),
         }
     }
 
@@ -322,6 +350,7 @@ mod tests {
         let secret = render_secret(
             &c,
             render_data(&c, &credentials(), &PublicValues::default()),
+            Some("h1"),
         );
         assert_eq!(secret.metadata.name.as_deref(), Some("app-smart-client"));
         let data = secret.data.as_ref().unwrap();
@@ -356,9 +385,14 @@ mod tests {
                 && data.contains_key("SECRET")
                 && !data.contains_key("client_id")
         );
-        let secret = render_secret(&c, data.clone());
-        assert!(is_in_sync(&secret, &c, &data));
+        let secret = render_secret(&c, data.clone(), Some("h1"));
+        assert!(is_in_sync(&secret, &c, &data, Some("h1")));
+        assert!(
+            !is_in_sync(&secret, &c, &data, Some("h2")),
+            "a newer record is out of sync"
+        );
         let read = read_credentials(&secret, &c, &["daniel".into()]).unwrap();
+        assert_eq!(read.applied_metadata_hash.as_deref(), Some("h1"));
         assert_eq!(read.client_id, "id-1");
         assert_eq!(read.client_secret.unwrap().expose_secret(), "secret-1");
         assert_eq!(read.tokens["daniel"].access_token.expose_secret(), "at");
@@ -380,7 +414,7 @@ mod tests {
     fn only_a_secret_this_client_controls_is_ours() {
         let c = client(serde_json::json!({"name": "shared"}));
         assert_eq!(secret_ownership(None, &c), SecretOwnership::Absent);
-        let ours = render_secret(&c, BTreeMap::new());
+        let ours = render_secret(&c, BTreeMap::new(), None);
         assert_eq!(secret_ownership(Some(&ours), &c), SecretOwnership::Ours);
 
         let mut users = Secret::default();
@@ -394,7 +428,7 @@ mod tests {
         let mut other = client(serde_json::json!({"name": "shared"}));
         other.metadata.name = Some("other".into());
         other.metadata.uid = Some("uid-2".into());
-        let theirs = render_secret(&other, BTreeMap::new());
+        let theirs = render_secret(&other, BTreeMap::new(), None);
         assert!(matches!(
             secret_ownership(Some(&theirs), &c),
             SecretOwnership::Foreign(why) if why.contains("SmartClient other")
@@ -406,12 +440,12 @@ mod tests {
     fn an_edited_value_is_out_of_sync() {
         let c = client(serde_json::json!({}));
         let data = render_data(&c, &credentials(), &PublicValues::default());
-        let mut secret = render_secret(&c, data.clone());
+        let mut secret = render_secret(&c, data.clone(), None);
         secret
             .data
             .as_mut()
             .unwrap()
             .insert("client_secret".into(), ByteString(b"edited".to_vec()));
-        assert!(!is_in_sync(&secret, &c, &data));
+        assert!(!is_in_sync(&secret, &c, &data, None));
     }
 }
