@@ -802,9 +802,7 @@ async fn install_creates_the_operator_and_rbac_that_grants_exactly_what_it_needs
         "list smartclients.smart.fhir.dev --all-namespaces".to_owned(),
         "watch smartclients.smart.fhir.dev --all-namespaces".to_owned(),
         "patch smartclients.smart.fhir.dev -n some-app".to_owned(),
-        "update smartclients.smart.fhir.dev -n some-app".to_owned(),
         "patch smartclients.smart.fhir.dev --subresource=status -n some-app".to_owned(),
-        "update smartclients.smart.fhir.dev --subresource=status -n some-app".to_owned(),
         // Auth servers: watch and status.
         "watch smartauthservers.smart.fhir.dev --all-namespaces".to_owned(),
         "patch smartauthservers.smart.fhir.dev --subresource=status -n some-app".to_owned(),
@@ -848,6 +846,15 @@ async fn install_creates_the_operator_and_rbac_that_grants_exactly_what_it_needs
         // Only what it needs of its own kinds: SmartClients and auth servers belong to their authors.
         "create smartclients.smart.fhir.dev -n some-app".to_owned(),
         "delete smartclients.smart.fhir.dev -n some-app".to_owned(),
+        "update smartclients.smart.fhir.dev -n some-app".to_owned(),
+        "update smartclients.smart.fhir.dev --subresource=status -n some-app".to_owned(),
+        "update smartauthservers.smart.fhir.dev --subresource=status -n some-app".to_owned(),
+        "update clustersmartauthservers.smart.fhir.dev --subresource=status".to_owned(),
+        // Secrets: server-side apply only; never update or delete one, anywhere (review S4).
+        "delete secrets -n some-app".to_owned(),
+        format!("delete secrets -n {ns}"),
+        "update secrets -n some-app".to_owned(),
+        "deletecollection secrets -n some-app".to_owned(),
         "update smartauthservers.smart.fhir.dev -n some-app".to_owned(),
         "create smartauthservers.smart.fhir.dev -n some-app".to_owned(),
         "update clustersmartauthservers.smart.fhir.dev".to_owned(),
