@@ -65,7 +65,8 @@ struct RunArgs {
     /// Longest delay between retries after auth server failures.
     #[arg(long, env = "SMART_BACKOFF_CAP", default_value = "5m", value_parser = parse_duration)]
     backoff_cap: Duration,
-    /// Failed attempts to delete a registration before the SmartClient reports DeletionBlocked.
+    /// Failed attempts to delete a registration before the SmartClient reports DeletionBlocked (the
+    /// retries go on at the capped backoff).
     #[arg(long, env = "SMART_DELETION_ATTEMPTS", default_value_t = 5)]
     deletion_attempts: u32,
     /// Timeout of each request to an auth server.

@@ -2,7 +2,9 @@
 
 pub mod auth_server;
 pub mod cache;
+pub mod cleanup;
 pub mod conditions;
+pub mod deletion;
 pub mod desired;
 pub mod events;
 pub mod observed;

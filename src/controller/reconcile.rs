@@ -19,6 +19,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::cache::Caches;
+use super::cleanup::{Cleanup, cleanup};
 use super::conditions::set_condition;
 use super::desired::{
     desired_metadata, generate_client_secret, metadata_hash, s4s_legacy_client_id,
@@ -40,8 +41,8 @@ use crate::authserver::{
     ErrorClass, Existence, HttpClient, HttpSettings, RegisteredClient,
 };
 use crate::crd::{
-    DebugTokenStatus, DeletionPolicy, Dialect, OrphanedClient, RetryStatus, SmartClient,
-    SmartClientStatus, condition,
+    DebugTokenStatus, Dialect, OrphanedClient, RetryStatus, SmartClient, SmartClientStatus,
+    condition,
 };
 use crate::telemetry::Metrics;
 
@@ -94,7 +95,7 @@ struct Memory {
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
-    events: EventQueue,
+    pub(super) events: EventQueue,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
@@ -132,7 +133,7 @@ impl Context {
         }
     }
 
-    fn remembered(&self, uid: &str) -> Option<StoredCredentials> {
+    pub(super) fn remembered(&self, uid: &str) -> Option<StoredCredentials> {
         self.memory
             .lock()
             .ok()?
@@ -177,7 +178,7 @@ impl Context {
         }
     }
 
-    fn forget(&self, uid: &str) {
+    pub(super) fn forget(&self, uid: &str) {
         if let Ok(mut memory) = self.memory.lock() {
             memory.remove(uid);
         }
@@ -282,7 +283,7 @@ impl Context {
             .is_some_and(|t| t.read_at < since)
     }
 
-    async fn auth_server(
+    pub(super) async fn auth_server(
         &self,
         server: &ResolvedServer,
         with_initial_token: bool,
@@ -308,7 +309,7 @@ impl Context {
         })
     }
 
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         client: &SmartClient,
         type_: EventType,
@@ -342,10 +343,6 @@ pub enum ReconcileError {
     SecretWrite(kube::Error),
     #[error("{0}")]
     CredentialsLost(String),
-    #[error("deleting the registration failed; retrying in {}s", retry_in.as_secs())]
-    CleanupPending { retry_in: Duration },
-    #[error("deleting the registration is blocked; see the DeletionBlocked condition")]
-    CleanupBlocked,
 }
 
 impl ReconcileError {
@@ -356,8 +353,6 @@ impl ReconcileError {
             ReconcileError::Kube(_) => "KubernetesApiError",
             ReconcileError::SecretWrite(_) => "SecretWriteFailed",
             ReconcileError::CredentialsLost(_) => "CredentialsLost",
-            ReconcileError::CleanupPending { .. } => "CleanupPending",
-            ReconcileError::CleanupBlocked => "DeletionBlocked",
         }
     }
 }
@@ -376,7 +371,10 @@ pub async fn reconcile(
         let Some(position) = position else {
             return Ok(Requeue::await_change());
         };
-        let requeue = cleanup(&client, &ctx).await?;
+        let requeue = match cleanup(&client, &ctx).await? {
+            Cleanup::Done => Requeue::await_change(),
+            Cleanup::Pending(requeue) => return Ok(requeue),
+        };
         let patch = finalizer_patch(&json!([
             { "op": "test", "path": format!("/metadata/finalizers/{position}"), "value": FINALIZER },
             { "op": "remove", "path": format!("/metadata/finalizers/{position}") },
@@ -436,20 +434,13 @@ pub fn error_policy(
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Requeue {
-    match error {
-        // Keeping the finalizer needs an error; these are expected and already on status.
-        ReconcileError::CleanupPending { retry_in } => Requeue::requeue(*retry_in),
-        ReconcileError::CleanupBlocked => Requeue::requeue(ctx.settings.backoff_cap),
-        _ => {
-            warn!(reason = error.reason(), %error, "reconcile failed");
-            Requeue::requeue(backoff_delay(
-                3,
-                ctx.settings.backoff_base,
-                ctx.settings.backoff_cap,
-                rand::random(),
-            ))
-        }
-    }
+    warn!(reason = error.reason(), %error, "reconcile failed");
+    Requeue::requeue(backoff_delay(
+        3,
+        ctx.settings.backoff_base,
+        ctx.settings.backoff_cap,
+        rand::random(),
+    ))
 }
 
 /// One reconcile of a live SmartClient.
@@ -502,10 +493,6 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         Err(ReconcileError::Resolve(e)) => run.record_not_usable(e.reason(), e.to_string()).await,
         Err(ReconcileError::CredentialsLost(message)) => {
             run.record_user_error("CredentialsLost", message).await
-        }
-        Err(other) => {
-            run.flush().await?;
-            return Err(other);
         }
     };
     // The Secret first: whoever sees Ready finds the credentials.
@@ -1381,179 +1368,11 @@ fn dialect_mismatch(client: &SmartClient, dialect: Dialect) -> Option<String> {
     None
 }
 
-fn as_client_credentials(credentials: &StoredCredentials) -> ClientCredentials {
+pub(super) fn as_client_credentials(credentials: &StoredCredentials) -> ClientCredentials {
     ClientCredentials {
         client_id: credentials.client_id.clone(),
         client_secret: credentials.client_secret.clone(),
         registration_access_token: credentials.registration_access_token.clone(),
         registration_client_uri: credentials.registration_client_uri.clone(),
-    }
-}
-
-/// Finalization: delete the remote registration when the policy and dialect allow, never hang.
-async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
-    let uid = client.uid().unwrap_or_default();
-    let let_go = |ctx: &Context| {
-        ctx.forget(&uid);
-        ctx.metrics.forget_tokens_of(&uid);
-    };
-    let orphan = |note: String| async move {
-        ctx.publish(client, EventType::Normal, "Orphaned", "Delete", note)
-            .await;
-    };
-    if client
-        .annotations()
-        .get(ABANDON_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        orphan(format!(
-            "{ABANDON_ANNOTATION}=true: the registration is left on the auth server"
-        ))
-        .await;
-        let_go(ctx);
-        return Ok(Requeue::await_change());
-    }
-    let Some(client_id) = client.status.as_ref().and_then(|s| s.client_id.clone()) else {
-        let_go(ctx);
-        return Ok(Requeue::await_change());
-    };
-    if client.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Orphan {
-        orphan(format!(
-            "deletionPolicy Orphan: client {client_id} stays registered"
-        ))
-        .await;
-        let_go(ctx);
-        return Ok(Requeue::await_change());
-    }
-    let server = match resolve_server(
-        &ctx.client,
-        &ctx.caches,
-        client,
-        &ctx.settings.operator_namespace,
-    )
-    .await
-    {
-        Ok(server) => server,
-        Err(e) => {
-            orphan(format!(
-                "cannot delete client {client_id}: {e}; it is left on the auth server"
-            ))
-            .await;
-            let_go(ctx);
-            return Ok(Requeue::await_change());
-        }
-    };
-    if !server.dialect().manages_clients() {
-        orphan(format!(
-            "{} cannot delete clients: client {client_id} is left on the auth server",
-            server.dialect()
-        ))
-        .await;
-        let_go(ctx);
-        return Ok(Requeue::await_change());
-    }
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
-    let credentials = match ctx.remembered(&uid) {
-        Some(c) => Some(c),
-        None => secrets
-            .get_opt(&secret_name(client))
-            .await?
-            .and_then(|s| read_credentials(&s, client, &[])),
-    };
-    let Some(credentials) = credentials.filter(|c| c.client_id == client_id) else {
-        orphan(format!("the credentials of client {client_id} are gone (Secret deleted): it is left on the auth server")).await;
-        let_go(ctx);
-        return Ok(Requeue::await_change());
-    };
-    let status = client.status.clone().unwrap_or_default();
-    let failures = status
-        .retry
-        .as_ref()
-        .map_or(0, |r| r.failures.max(0) as u32);
-    if failures >= ctx.settings.deletion_attempts {
-        // Bounded: stop calling the server and wait for a person (the annotation above lets go).
-        return Err(ReconcileError::CleanupBlocked);
-    }
-    let auth = ctx.auth_server(&server, false).await?;
-    let outcome = match auth.delete(&as_client_credentials(&credentials)).await {
-        Ok(()) | Err(AuthServerError::ClientGone) => Ok(()),
-        Err(AuthServerError::RegistrationAccessTokenRejected { status }) => {
-            match auth.probe(&as_client_credentials(&credentials)).await {
-                Ok(Existence::Gone) => Ok(()),
-                Ok(Existence::Exists) => {
-                    Err(AuthServerError::RegistrationAccessTokenRejected { status })
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    };
-    match outcome {
-        Ok(()) => {
-            ctx.publish(
-                client,
-                EventType::Normal,
-                "Deleted",
-                "Delete",
-                format!("client {client_id} was deleted from the auth server"),
-            )
-            .await;
-            let_go(ctx);
-            Ok(Requeue::await_change())
-        }
-        Err(error) => {
-            let failures = failures + 1;
-            let mut status = status;
-            let now = Timestamp::now();
-            let delay = backoff_delay(
-                failures,
-                ctx.settings.backoff_base,
-                ctx.settings.backoff_cap,
-                rand::random(),
-            );
-            status.retry = Some(RetryStatus {
-                failures: failures.min(i32::MAX as u32) as i32,
-                next_attempt_at: Some(Time(now + delay)),
-            });
-            let blocked = failures >= ctx.settings.deletion_attempts;
-            if blocked {
-                set_condition(
-                    &mut status.conditions,
-                    condition::DELETION_BLOCKED,
-                    true,
-                    error.reason(),
-                    format!(
-                        "deleting client {client_id} failed {failures} times ({error}); fix the auth server, or annotate {ABANDON_ANNOTATION}=true to leave it there"
-                    ),
-                    client.metadata.generation,
-                    now,
-                );
-                ctx.publish(
-                    client,
-                    EventType::Warning,
-                    "DeletionBlocked",
-                    "Delete",
-                    format!(
-                        "giving up deleting client {client_id} after {failures} attempts: {error}"
-                    ),
-                )
-                .await;
-            }
-            let api: Api<SmartClient> =
-                Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
-            let patch = serde_json::json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "status": status});
-            api.patch_status(
-                &client.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-            if blocked {
-                Err(ReconcileError::CleanupBlocked)
-            } else {
-                Err(ReconcileError::CleanupPending { retry_in: delay })
-            }
-        }
     }
 }
