@@ -35,7 +35,9 @@ pub enum Cleanup {
 
 pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, ReconcileError> {
     let uid = client.uid().unwrap_or_default();
-    let status = client.status.clone().unwrap_or_default();
+    // This operator's last status write, which the watch may not have brought back yet: a stale
+    // status would retry a failed delete before its backoff is over.
+    let status = ctx.latest_status(client);
     let record = known_record(client, ctx, &uid).await?;
     let client_id = status
         .client_id
@@ -273,5 +275,10 @@ async fn record_failure(
         &Patch::Apply(&patch),
     )
     .await?;
+    ctx.remember_status(
+        &client.uid().unwrap_or_default(),
+        client.metadata.generation.unwrap_or_default(),
+        &status,
+    );
     Ok(Cleanup::Pending(Requeue::requeue(delay)))
 }
