@@ -1396,7 +1396,7 @@ impl Floor {
             registration_access_token: registered.registration_access_token.clone(),
             registration_client_uri: registered.registration_client_uri.clone(),
             tokens: BTreeMap::new(),
-            applied_metadata_hash: Some(metadata_hash(&desired)),
+            applied_metadata_hash: Some(metadata_hash(&desired, self.dialect)),
         };
         let mut status = SmartClientStatus {
             observed_generation: Some(generation),
@@ -1407,7 +1407,7 @@ impl Floor {
                 .and_then(|s| Timestamp::from_second(s).ok())
                 .map(Time),
             granted_scopes: registered.granted_scopes.clone().unwrap_or_default(),
-            applied_metadata_hash: Some(metadata_hash(&desired)),
+            applied_metadata_hash: Some(metadata_hash(&desired, self.dialect)),
             secret_name: Some(secret_name(&object)),
             ..Default::default()
         };

@@ -6,7 +6,9 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use crate::authserver::ClientMetadata;
-use crate::crd::{GrantType, RESERVED_METADATA_FIELDS, SmartClient, TokenEndpointAuthMethod};
+use crate::crd::{
+    Dialect, GrantType, RESERVED_METADATA_FIELDS, SmartClient, TokenEndpointAuthMethod,
+};
 
 /// A spec the apiserver accepted but the operator cannot act on.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -81,10 +83,35 @@ fn enum_name<T: serde::Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
-/// A stable hash of the metadata: an RFC7591 client is updated (or an S4S client replaced) exactly when
-/// this changes.
-pub fn metadata_hash(metadata: &ClientMetadata) -> String {
-    let canonical = serde_json::json!({
+/// The prefix of every hash this release records. A hash without it was recorded before dialects
+/// were told apart (every field, whatever the dialect); see [`is_applied`].
+const HASH_VERSION: &str = "v2-";
+
+/// A stable hash of what `dialect` is sent of the metadata: an RFC7591 client is updated (or an S4S
+/// client replaced) exactly when this changes. S4S and S4SLegacy receive only a name, redirect URIs and
+/// scopes, so an edit of anything else changes nothing there (review C12).
+pub fn metadata_hash(metadata: &ClientMetadata, dialect: Dialect) -> String {
+    let sent = match dialect {
+        Dialect::Rfc7591 => return format!("{HASH_VERSION}{}", every_field_hash(metadata)),
+        Dialect::S4s | Dialect::S4sLegacy => serde_json::json!({
+            "client_name": metadata.client_name,
+            "redirect_uris": metadata.redirect_uris,
+            "scope": metadata.scopes,
+        }),
+    };
+    format!("{HASH_VERSION}{}", digest(&sent))
+}
+
+/// Whether the metadata recorded as `applied` is `desired`: the same hash, or a hash recorded before
+/// [`HASH_VERSION`] of the same metadata, so an operator upgrade updates or replaces nothing.
+pub fn is_applied(applied: &str, desired: &ClientMetadata, dialect: Dialect) -> bool {
+    applied == metadata_hash(desired, dialect)
+        || (!applied.starts_with(HASH_VERSION) && applied == every_field_hash(desired))
+}
+
+/// The hash of every field, as recorded before [`HASH_VERSION`] (and still the RFC7591 one).
+fn every_field_hash(metadata: &ClientMetadata) -> String {
+    digest(&serde_json::json!({
         "client_name": metadata.client_name,
         "redirect_uris": metadata.redirect_uris,
         "scope": metadata.scopes,
@@ -94,7 +121,10 @@ pub fn metadata_hash(metadata: &ClientMetadata) -> String {
         "logo_uri": metadata.logo_uri,
         "contacts": metadata.contacts,
         "extra": metadata.extra,
-    });
+    }))
+}
+
+fn digest(canonical: &serde_json::Value) -> String {
     // serde_json's map is ordered, so equal metadata always serializes to equal bytes.
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
@@ -183,9 +213,48 @@ mod tests {
     fn hash_changes_with_metadata_and_only_then() {
         let a = desired_metadata(&client(minimal())).unwrap();
         let mut b = a.clone();
-        assert_eq!(metadata_hash(&a), metadata_hash(&b));
+        assert_eq!(
+            metadata_hash(&a, Dialect::Rfc7591),
+            metadata_hash(&b, Dialect::Rfc7591)
+        );
         b.scopes.push("openid".into());
-        assert_ne!(metadata_hash(&a), metadata_hash(&b));
+        assert_ne!(
+            metadata_hash(&a, Dialect::Rfc7591),
+            metadata_hash(&b, Dialect::Rfc7591)
+        );
+    }
+
+    #[test]
+    fn s4s_hashes_cover_only_what_s4s_is_sent() {
+        let a = desired_metadata(&client(minimal())).unwrap();
+        let mut b = a.clone();
+        b.contacts.push("mailto:team@example.org".into());
+        b.logo_uri = Some("https://app.example.org/logo.png".into());
+        for dialect in [Dialect::S4s, Dialect::S4sLegacy] {
+            assert_eq!(metadata_hash(&a, dialect), metadata_hash(&b, dialect));
+        }
+        assert_ne!(
+            metadata_hash(&a, Dialect::Rfc7591),
+            metadata_hash(&b, Dialect::Rfc7591)
+        );
+        b.redirect_uris.push("https://app.example.org/other".into());
+        assert_ne!(
+            metadata_hash(&a, Dialect::S4s),
+            metadata_hash(&b, Dialect::S4s)
+        );
+    }
+
+    #[test]
+    fn hashes_recorded_by_earlier_releases_still_count_as_applied() {
+        let a = desired_metadata(&client(minimal())).unwrap();
+        let recorded_before = every_field_hash(&a);
+        for dialect in [Dialect::Rfc7591, Dialect::S4s, Dialect::S4sLegacy] {
+            assert!(is_applied(&recorded_before, &a, dialect));
+            assert!(is_applied(&metadata_hash(&a, dialect), &a, dialect));
+        }
+        let mut b = a.clone();
+        b.scopes.push("openid".into());
+        assert!(!is_applied(&recorded_before, &b, Dialect::S4s));
     }
 
     #[test]

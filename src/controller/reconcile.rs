@@ -22,7 +22,7 @@ use super::cache::Caches;
 use super::cleanup::{Cleanup, cleanup};
 use super::conditions::set_condition;
 use super::desired::{
-    desired_metadata, generate_client_secret, metadata_hash, s4s_legacy_client_id,
+    desired_metadata, generate_client_secret, is_applied, metadata_hash, s4s_legacy_client_id,
 };
 use super::events::EventQueue;
 use super::observed::ObservedAuthServer;
@@ -148,7 +148,7 @@ impl Context {
     }
 
     /// The newest status of this generation: what the operator last wrote, else the object's.
-    fn latest_status(&self, client: &SmartClient) -> SmartClientStatus {
+    pub(super) fn latest_status(&self, client: &SmartClient) -> SmartClientStatus {
         let uid = client.uid().unwrap_or_default();
         let generation = client.metadata.generation.unwrap_or_default();
         self.memory
@@ -171,7 +171,7 @@ impl Context {
         })
     }
 
-    fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
+    pub(super) fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
         if let Ok(mut memory) = self.memory.lock() {
             memory.entry(uid.to_owned()).or_default().written_status =
                 Some((generation, status.clone()));
@@ -520,7 +520,6 @@ impl Run<'_> {
             Ok(desired) => desired,
             Err(e) => return Ok(self.record_user_error("InvalidSpec", e.to_string()).await),
         };
-        let desired_hash = metadata_hash(&desired);
         let server = resolve_server(
             &self.ctx.client,
             &self.ctx.caches,
@@ -531,6 +530,7 @@ impl Run<'_> {
         if let Some(problem) = dialect_mismatch(self.client, server.dialect()) {
             return Ok(self.record_user_error("InvalidSpec", problem).await);
         }
+        let desired_hash = metadata_hash(&desired, server.dialect());
         let secret_name = secret_name(self.client);
         let namespace = self.client.namespace().unwrap_or_default();
         self.observed_secret = self
@@ -540,6 +540,7 @@ impl Run<'_> {
             .map(|s| (*s).clone());
         let token_names: Vec<String> = self.debug_token_names(server.dialect());
         self.take_credentials(&token_names);
+        self.record_hashes_in_current_format(&desired, server.dialect(), &desired_hash);
         self.status.secret_name = Some(secret_name.clone());
         // The store may lag this operator's own last write: before acting on what it says, read live.
         let mut secret_confirmed = false;
@@ -581,6 +582,7 @@ impl Run<'_> {
             if needs_secret && !secret_confirmed && !self.secret_written {
                 self.observed_secret = self.secrets.get_opt(&secret_name).await?;
                 self.take_credentials(&token_names);
+                self.record_hashes_in_current_format(&desired, server.dialect(), &desired_hash);
                 secret_confirmed = true;
                 continue;
             }
@@ -682,6 +684,29 @@ impl Run<'_> {
             self.status.applied_metadata_hash = record.applied_metadata_hash.clone();
         } else if record.applied_metadata_hash.is_some() {
             self.status.applied_metadata_hash = record.applied_metadata_hash.clone();
+        }
+    }
+
+    /// A hash recorded by an earlier release for the metadata the spec still asks for is rewritten in
+    /// the current format (one Secret write, no remote call), so an upgrade updates or replaces
+    /// nothing.
+    fn record_hashes_in_current_format(
+        &mut self,
+        desired: &crate::authserver::ClientMetadata,
+        dialect: Dialect,
+        desired_hash: &str,
+    ) {
+        let outdated = |hash: &Option<String>| {
+            hash.as_deref()
+                .is_some_and(|h| h != desired_hash && is_applied(h, desired, dialect))
+        };
+        if let Some(record) = self.credentials.as_mut()
+            && outdated(&record.applied_metadata_hash)
+        {
+            record.applied_metadata_hash = Some(desired_hash.to_owned());
+        }
+        if outdated(&self.status.applied_metadata_hash) {
+            self.status.applied_metadata_hash = Some(desired_hash.to_owned());
         }
     }
 
@@ -829,7 +854,8 @@ impl Run<'_> {
         let chosen = if server.dialect() == Dialect::S4sLegacy {
             let mut client_id = s4s_legacy_client_id(self.client);
             if action == Action::Replace && self.client.spec.client_id.is_none() {
-                client_id = format!("{client_id}.{}", &desired_hash[..8]);
+                let hex = desired_hash.rsplit('-').next().unwrap_or(desired_hash);
+                client_id = format!("{client_id}.{}", &hex[..8.min(hex.len())]);
             }
             // A choice persisted earlier but never confirmed (a crash or a failure after it was
             // written) is posted again as it is: the server may hold it already.
