@@ -68,6 +68,9 @@ pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, Rec
         client_id: client_id.as_deref(),
         server,
         credentials_known: credentials.is_some(),
+        management_api: credentials.as_ref().is_some_and(|c| {
+            c.registration_client_uri.is_some() && c.registration_access_token.is_some()
+        }),
         retry: status.retry.as_ref(),
         now,
     });

@@ -39,6 +39,9 @@ pub struct DeletionInput<'a> {
     pub server: ServerResolution,
     /// Whether the credentials needed to delete that client (its record) are at hand.
     pub credentials_known: bool,
+    /// Whether the record has what RFC 7592 needs (a registration client URI and access token); a
+    /// server that offers no management API handed out neither.
+    pub management_api: bool,
     pub retry: Option<&'a RetryStatus>,
     pub now: Timestamp,
 }
@@ -50,6 +53,8 @@ pub enum OrphanReason {
     PolicyOrphan,
     AuthServerGone(String),
     DialectCannotDelete(Dialect),
+    /// An RFC 7591 server that offers no RFC 7592 management (no registration client URI or token).
+    NoManagementApi,
     CredentialsGone,
     /// The server refused the deletion itself (a user-class answer: policy, unsupported).
     Refused(String),
@@ -70,6 +75,9 @@ impl OrphanReason {
             }
             OrphanReason::DialectCannotDelete(dialect) => format!(
                 "{dialect} cannot delete clients: client {client_id} is left on the auth server"
+            ),
+            OrphanReason::NoManagementApi => format!(
+                "the auth server offers no RFC 7592 management (no registration client URI or access token): client {client_id} is left on it"
             ),
             OrphanReason::CredentialsGone => format!(
                 "the credentials of client {client_id} are gone (Secret deleted): it is left on the auth server"
@@ -124,6 +132,9 @@ pub fn plan_deletion(input: &DeletionInput) -> DeletionStep {
     if !input.credentials_known {
         return DeletionStep::Orphan(OrphanReason::CredentialsGone);
     }
+    if !input.management_api {
+        return DeletionStep::Orphan(OrphanReason::NoManagementApi);
+    }
     if let Some(wait) = backoff_left(input) {
         return DeletionStep::Wait(wait);
     }
@@ -172,6 +183,7 @@ mod tests {
             client_id: Some("id-1"),
             server,
             credentials_known: true,
+            management_api: true,
             retry: None,
             now: now(),
         }
@@ -242,6 +254,16 @@ mod tests {
         assert_eq!(
             plan_deletion(&i),
             DeletionStep::Orphan(OrphanReason::CredentialsGone)
+        );
+    }
+
+    #[test]
+    fn a_server_without_rfc7592_orphans_without_a_call() {
+        let mut i = input(rfc7591());
+        i.management_api = false;
+        assert_eq!(
+            plan_deletion(&i),
+            DeletionStep::Orphan(OrphanReason::NoManagementApi)
         );
     }
 

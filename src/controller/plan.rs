@@ -93,8 +93,12 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
         .as_deref()
         .or(status.applied_metadata_hash.as_deref());
     if applied_hash != Some(input.desired_hash) {
+        // RFC 7591 without RFC 7592 (no registration client URI or token): nothing to update with.
+        let manageable = credentials.registration_client_uri.is_some()
+            && credentials.registration_access_token.is_some();
         return match (input.dialect, applied_hash) {
-            (Dialect::Rfc7591, _) => Action::Update,
+            (Dialect::Rfc7591, _) if manageable => Action::Update,
+            (Dialect::Rfc7591, _) => Action::Replace,
             // Credentials the server never confirmed (an S4SLegacy choice written before it was
             // posted): post them again; the dialect tells "already ours" from a refusal.
             (Dialect::S4sLegacy, None) => Action::Register,
@@ -182,8 +186,8 @@ mod tests {
         StoredCredentials {
             client_id: "id".into(),
             client_secret: Some("secret".into()),
-            registration_access_token: None,
-            registration_client_uri: None,
+            registration_access_token: Some("rat".into()),
+            registration_client_uri: Some("https://as/register/id".into()),
             tokens: tokens
                 .iter()
                 .map(|n| {
@@ -274,6 +278,20 @@ mod tests {
         let mut i = input(&status, Some(&creds));
         i.dialect = Dialect::S4sLegacy;
         assert_eq!(plan_next_action(&i), Action::Register);
+    }
+
+    #[test]
+    fn an_rfc7591_client_without_a_management_api_is_replaced_not_updated() {
+        let status = healthy_status();
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        i.desired_hash = "h2";
+        assert_eq!(plan_next_action(&i), Action::Update);
+        let mut bare = credentials(&[]);
+        bare.registration_client_uri = None;
+        bare.registration_access_token = None;
+        i.credentials = Some(&bare);
+        assert_eq!(plan_next_action(&i), Action::Replace);
     }
 
     #[test]

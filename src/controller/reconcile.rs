@@ -922,11 +922,14 @@ impl Run<'_> {
                         .orphaned_clients
                         .dedup_by(|a, b| a.client_id == b.client_id);
                 }
+                let why = match server.dialect() {
+                    Dialect::Rfc7591 => "the auth server offers no RFC 7592 management".to_owned(),
+                    dialect => format!("{dialect} cannot update clients"),
+                };
                 (
                     "Replaced",
                     format!(
-                        "{} cannot update clients: registered {client_id} with the new metadata; the previous client is orphaned on the server",
-                        server.dialect()
+                        "{why}: registered {client_id} with the new metadata; the previous client is orphaned on the server"
                     ),
                 )
             }
@@ -1269,10 +1272,12 @@ impl Run<'_> {
     }
 
     async fn record_user_error(&mut self, reason: &str, message: String) -> Requeue {
-        debug_assert!(USER_ERROR_REASONS.contains(&reason) || reason == "InvalidSpec");
+        // Never a panic (a debug build's assert here ended the process: review C14): an unexpected
+        // reason is logged and reported as InvalidSpec.
         let reason = if USER_ERROR_REASONS.contains(&reason) {
             reason
         } else {
+            warn!(client = %self.client.name_any(), reason, "unexpected user-error reason; reported as InvalidSpec");
             "InvalidSpec"
         };
         self.status.retry = None;

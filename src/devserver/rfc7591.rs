@@ -416,12 +416,19 @@ async fn register(
         registration_access_token: Some(new_registration_access_token()),
         metadata,
     };
-    let body = representation(&client, &origin);
+    let mut body = representation(&client, &origin);
+    let managed = !store.scope_policy.without_management_api;
+    if !managed && let Value::Object(fields) = &mut body {
+        fields.remove("registration_access_token");
+        fields.remove("registration_client_uri");
+    }
     store.clients.insert(client_id.clone(), client);
     drop(store);
 
     let mut response = wire::json_response(StatusCode::CREATED, &body);
-    if let Ok(location) = HeaderValue::from_str(&registration_client_uri(&origin, &client_id)) {
+    if managed
+        && let Ok(location) = HeaderValue::from_str(&registration_client_uri(&origin, &client_id))
+    {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)

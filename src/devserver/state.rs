@@ -282,6 +282,10 @@ pub(super) struct ScopePolicy {
     /// What happens to a scope outside `allowed_scopes`.
     #[serde(default)]
     pub on_disallowed: DisallowedScope,
+    /// Registration answers carry no `registration_access_token` and no `registration_client_uri`, and
+    /// no `Location`: RFC 7591 without RFC 7592 management, as many servers run it.
+    #[serde(default)]
+    pub without_management_api: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

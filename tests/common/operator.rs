@@ -99,6 +99,13 @@ impl Operator {
         None
     }
 
+    /// Whether the process is still alive (it has not crashed or exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Kills the operator without warning (a crashed Pod or a lost node).
     pub fn kill_hard(&mut self) {
         if let Some(mut child) = self.child.take() {
