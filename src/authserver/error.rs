@@ -72,6 +72,16 @@ pub enum AuthServerError {
     #[error("the auth server's answer at {endpoint} could not be understood: {detail}")]
     Protocol { endpoint: String, detail: String },
 
+    #[error(
+        "the auth server at {endpoint} accepted the registration{} but its answer could not be read ({detail}); it is not retried, since each retry would register another client: check the server, then change the spec to try again",
+        client_id.as_ref().map(|id| format!(" of client {id}")).unwrap_or_default()
+    )]
+    RegisteredButUnreadable {
+        endpoint: String,
+        client_id: Option<String>,
+        detail: String,
+    },
+
     #[error("the {dialect} dialect cannot {operation}")]
     Unsupported {
         dialect: &'static str,
@@ -98,6 +108,7 @@ impl AuthServerError {
             // mid-deploy, so it is retried like any other transient failure.
             Discovery { .. } => ErrorClass::Retryable,
             InvalidMetadata { .. }
+            | RegisteredButUnreadable { .. }
             | PolicyRejected { .. }
             | Unsupported { .. }
             | Configuration { .. } => ErrorClass::User,
@@ -125,6 +136,7 @@ impl AuthServerError {
             ClientGone => "ClientGone",
             ExistenceUnknown { .. } => "ExistenceUnknown",
             Protocol { .. } => "AuthServerProtocolError",
+            RegisteredButUnreadable { .. } => "RegistrationAnswerUnreadable",
             Unsupported { .. } => "UnsupportedByDialect",
             Discovery { .. } => "DiscoveryFailed",
             Configuration { .. } => "InvalidAuthServerConfiguration",

@@ -111,9 +111,11 @@ impl HttpClient {
                     endpoint: endpoint.to_owned(),
                 }
             } else {
+                // Without the URL: an introspection URL carries a token in its query, and redaction
+                // would miss it in its URL-encoded form (review S5).
                 AuthServerError::Unreachable {
                     endpoint: endpoint.to_owned(),
-                    detail: redactor.redact(&error_chain(&e)),
+                    detail: redactor.redact(&error_chain(&e.without_url())),
                 }
             }
         };

@@ -231,6 +231,70 @@ impl AuthServer for AuthServerClient {
     }
 }
 
+/// Reads a 2xx registration answer leniently (review C13). The server has created the client by
+/// now, so an answer that fails a strict parse must not be retried as if nothing happened (each retry
+/// would register another client): the credentials are taken from whatever shape they come in, and
+/// an answer without them is [`AuthServerError::RegisteredButUnreadable`], which is not retried and
+/// names the client id when there is one.
+pub fn registration_from_answer(
+    answer: &http::HttpAnswer,
+    endpoint: &str,
+    redactor: &http::Redactor,
+) -> Result<RegisteredClient, AuthServerError> {
+    let unreadable =
+        |client_id: Option<String>, detail: &str| AuthServerError::RegisteredButUnreadable {
+            endpoint: endpoint.to_owned(),
+            client_id,
+            detail: detail.to_owned(),
+        };
+    let Ok(serde_json::Value::Object(body)) = serde_json::from_slice(&answer.body) else {
+        return Err(unreadable(None, "the answer is not a JSON object"));
+    };
+    let text = |field: &str| body.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let Some(client_id) = text("client_id").filter(|id| !id.is_empty()) else {
+        return Err(unreadable(None, "the answer has no client_id string"));
+    };
+    // A credential in an unexpected shape cannot be used, and guessing would lose it silently.
+    for credential in [
+        "client_secret",
+        "registration_access_token",
+        "registration_client_uri",
+    ] {
+        if body
+            .get(credential)
+            .is_some_and(|v| !v.is_string() && !v.is_null())
+        {
+            return Err(unreadable(
+                Some(redactor.redact(&client_id)),
+                &format!("{credential} is not a string"),
+            ));
+        }
+    }
+    let issued_at = body.get("client_id_issued_at").and_then(|v| match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    });
+    let granted_scopes = body.get("scope").and_then(|v| match v {
+        serde_json::Value::String(s) => Some(split_scopes(s)),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    });
+    Ok(RegisteredClient {
+        client_id,
+        client_secret: text("client_secret").map(SecretString::from),
+        registration_access_token: text("registration_access_token").map(SecretString::from),
+        registration_client_uri: text("registration_client_uri"),
+        client_id_issued_at: issued_at,
+        granted_scopes,
+    })
+}
+
 /// Splits a space-separated OAuth scope string.
 pub fn split_scopes(scope: &str) -> Vec<String> {
     scope.split_whitespace().map(str::to_owned).collect()
@@ -304,6 +368,45 @@ pub fn existence_from_probe_answer(status: u16, error: &str) -> Option<Existence
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(body: &str) -> http::HttpAnswer {
+        http::HttpAnswer {
+            status: reqwest::StatusCode::CREATED,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn registration_answers_in_unusual_shapes_are_read_not_retried() {
+        let redactor = http::Redactor::new();
+        let read =
+            |body: &str| registration_from_answer(&answer(body), "https://as/register", &redactor);
+        // A float issue time and a scope list: read, not a failure that would register again.
+        let odd = read(r#"{"client_id": "c1", "client_secret": "s1", "client_id_issued_at": 1.7e9, "scope": ["a", "b"]}"#)
+            .unwrap();
+        assert_eq!(odd.client_id, "c1");
+        assert_eq!(odd.client_id_issued_at, Some(1_700_000_000));
+        assert_eq!(
+            odd.granted_scopes,
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        let stringly = read(r#"{"client_id": "c2", "client_id_issued_at": "1700000000"}"#).unwrap();
+        assert_eq!(stringly.client_id_issued_at, Some(1_700_000_000));
+
+        for (body, id) in [
+            ("<html>created</html>", None),
+            (r#"{"client_secret": "s"}"#, None),
+            (r#"{"client_id": "c3", "client_secret": 42}"#, Some("c3")),
+        ] {
+            let error = read(body).unwrap_err();
+            assert!(
+                matches!(&error, AuthServerError::RegisteredButUnreadable { client_id, .. } if client_id.as_deref() == id),
+                "{body}: {error:?}"
+            );
+            assert_eq!(error.class(), ErrorClass::User, "never retried: {body}");
+        }
+    }
 
     #[test]
     fn probe_answers_are_read_by_their_error_code_not_their_status() {

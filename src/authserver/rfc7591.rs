@@ -2,14 +2,13 @@
 
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::http::{HttpAnswer, HttpClient, OAuthErrorBody, Redactor, decode_json, transient_error};
+use super::http::{HttpAnswer, HttpClient, OAuthErrorBody, Redactor, transient_error};
 use super::{
     AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
     DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
-    probe_with_refresh_grant, required_endpoint, split_scopes,
+    probe_with_refresh_grant, registration_from_answer, required_endpoint,
 };
 
 #[derive(Clone, Debug)]
@@ -18,30 +17,6 @@ pub struct Rfc7591Client {
     registration_endpoint: String,
     token_endpoint: Option<String>,
     initial_access_token: Option<SecretString>,
-}
-
-/// A registration answer (RFC 7591 section 3.2.1, RFC 7592 section 3).
-#[derive(Deserialize)]
-struct RegistrationResponse {
-    client_id: String,
-    client_secret: Option<String>,
-    registration_access_token: Option<String>,
-    registration_client_uri: Option<String>,
-    client_id_issued_at: Option<i64>,
-    scope: Option<String>,
-}
-
-impl RegistrationResponse {
-    fn into_registered(self) -> RegisteredClient {
-        RegisteredClient {
-            client_id: self.client_id,
-            client_secret: self.client_secret.map(SecretString::from),
-            registration_access_token: self.registration_access_token.map(SecretString::from),
-            registration_client_uri: self.registration_client_uri,
-            client_id_issued_at: self.client_id_issued_at,
-            granted_scopes: self.scope.as_deref().map(split_scopes),
-        }
-    }
 }
 
 impl Rfc7591Client {
@@ -175,8 +150,7 @@ impl AuthServer for Rfc7591Client {
         }
         let answer = self.http.send(request, endpoint, &redactor).await?;
         if answer.status.is_success() {
-            let response: RegistrationResponse = decode_json(&answer, endpoint, &redactor)?;
-            return Ok(response.into_registered());
+            return registration_from_answer(&answer, endpoint, &redactor);
         }
         if let Some(transient) = transient_error(&answer, endpoint, &redactor) {
             return Err(transient);
@@ -206,9 +180,10 @@ impl AuthServer for Rfc7591Client {
             .with(client.client_secret.as_ref());
         let request = self.http.get(endpoint).bearer_auth(token.expose_secret());
         let answer = self.http.send(request, endpoint, &redactor).await?;
-        if answer.status == StatusCode::OK {
-            let response: RegistrationResponse = decode_json(&answer, endpoint, &redactor)?;
-            return Ok(response.into_registered());
+        // Any 2xx: another one's body holds the new token and secret, which must not reach an error
+        // message (review S5).
+        if answer.status.is_success() {
+            return registration_from_answer(&answer, endpoint, &redactor);
         }
         Err(Self::management_failure(&answer, endpoint, &redactor))
     }
@@ -230,9 +205,10 @@ impl AuthServer for Rfc7591Client {
             .bearer_auth(token.expose_secret())
             .json(&metadata_body(metadata, Some(&client.client_id)));
         let answer = self.http.send(request, endpoint, &redactor).await?;
-        if answer.status == StatusCode::OK {
-            let response: RegistrationResponse = decode_json(&answer, endpoint, &redactor)?;
-            return Ok(response.into_registered());
+        // Any 2xx: another one's body holds the new token and secret, which must not reach an error
+        // message (review S5).
+        if answer.status.is_success() {
+            return registration_from_answer(&answer, endpoint, &redactor);
         }
         Err(Self::management_failure(&answer, endpoint, &redactor))
     }

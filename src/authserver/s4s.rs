@@ -12,7 +12,7 @@ use super::http::{HttpAnswer, HttpClient, OAuthErrorBody, Redactor, decode_json,
 use super::{
     AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
     DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
-    probe_with_refresh_grant, required_endpoint, split_scopes,
+    probe_with_refresh_grant, registration_from_answer, required_endpoint, split_scopes,
 };
 
 #[derive(Clone, Debug)]
@@ -22,13 +22,6 @@ pub struct S4sClient {
     token_endpoint: Option<String>,
     debug_token_endpoint: Option<String>,
     debug_introspect_endpoint: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct S4sRegistration {
-    client_id: String,
-    client_secret: Option<String>,
-    scope: Option<String>,
 }
 
 /// Debug-token and introspection answers share these fields across both S4S flavours.
@@ -168,14 +161,12 @@ impl AuthServer for S4sClient {
             .send(self.http.post(endpoint).json(&body), endpoint, &redactor)
             .await?;
         if answer.status.is_success() {
-            let registration: S4sRegistration = decode_json(&answer, endpoint, &redactor)?;
+            let registered = registration_from_answer(&answer, endpoint, &redactor)?;
             return Ok(RegisteredClient {
-                client_id: registration.client_id,
-                client_secret: registration.client_secret.map(SecretString::from),
                 registration_access_token: None,
                 registration_client_uri: None,
                 client_id_issued_at: Some(unix_seconds(SystemTime::now()) as i64),
-                granted_scopes: registration.scope.as_deref().map(split_scopes),
+                ..registered
             });
         }
         Err(s4s_failure(&answer, endpoint, &redactor))

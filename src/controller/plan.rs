@@ -16,6 +16,7 @@ pub const USER_ERROR_REASONS: &[&str] = &[
     "UnsupportedByDialect",
     "InvalidSpec",
     "CredentialsLost",
+    "RegistrationAnswerUnreadable",
 ];
 
 /// Inputs of [`plan_next_action`].

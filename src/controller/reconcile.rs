@@ -891,6 +891,20 @@ impl Run<'_> {
             None
         };
         let registered = match auth.register(desired, chosen.as_ref()).await {
+            // The server created a client whose answer cannot be used: record it, never retry.
+            Err(AuthServerError::RegisteredButUnreadable {
+                endpoint,
+                client_id: Some(client_id),
+                detail,
+            }) => {
+                self.record_orphan(&client_id, "AnswerUnreadable");
+                return Err(AuthServerError::RegisteredButUnreadable {
+                    endpoint,
+                    client_id: Some(client_id),
+                    detail,
+                }
+                .into());
+            }
             // The token may have been rotated or topped up in its Secret since it was cached: try once
             // more with a fresh read before reporting the error.
             Err(e)
@@ -910,17 +924,7 @@ impl Run<'_> {
         let (reason, note) = match action {
             Action::Replace => {
                 if let Some(old) = previous_client_id.filter(|old| *old != client_id) {
-                    self.status.orphaned_clients.push(OrphanedClient {
-                        client_id: old.clone(),
-                        reason: "Replaced".into(),
-                        since: Time(self.now),
-                    });
-                    self.status
-                        .orphaned_clients
-                        .sort_by(|a, b| a.client_id.cmp(&b.client_id));
-                    self.status
-                        .orphaned_clients
-                        .dedup_by(|a, b| a.client_id == b.client_id);
+                    self.record_orphan(&old, "Replaced");
                 }
                 let why = match server.dialect() {
                     Dialect::Rfc7591 => "the auth server offers no RFC 7592 management".to_owned(),
@@ -952,6 +956,20 @@ impl Run<'_> {
             .publish(self.client, EventType::Normal, reason, "Register", note)
             .await;
         Ok(())
+    }
+
+    /// Lists a client left on the server in `status.orphanedClients` (once per client id).
+    fn record_orphan(&mut self, client_id: &str, reason: &str) {
+        info!(client = %self.client.name_any(), %client_id, reason, "registration orphaned");
+        let orphans = &mut self.status.orphaned_clients;
+        if orphans.iter().all(|o| o.client_id != client_id) {
+            orphans.push(OrphanedClient {
+                client_id: client_id.to_owned(),
+                reason: reason.into(),
+                since: Time(self.now),
+            });
+            orphans.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        }
     }
 
     /// Takes in a fresh registration: credentials into memory (persisted by the caller), facts into status.
