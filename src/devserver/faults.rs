@@ -34,6 +34,11 @@ pub(super) struct FaultPlan {
     /// Fraction (0–1) of affected requests whose connection is reset without any response.
     #[serde(default)]
     pub drop_rate: f64,
+    /// Fraction (0–1) of affected requests that are handled (a registration is committed) and whose
+    /// answer is then lost: the connection is reset instead of answered, as when a server commits
+    /// and then times out or a proxy drops the reply.
+    #[serde(default)]
+    pub lose_answer_rate: f64,
     /// Only these endpoints are affected; absent = all.
     #[serde(default)]
     pub endpoints: Option<Vec<Endpoint>>,
@@ -48,13 +53,14 @@ impl FaultPlan {
         for (name, rate) in [
             ("error_rate", self.error_rate),
             ("drop_rate", self.drop_rate),
+            ("lose_answer_rate", self.lose_answer_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be between 0 and 1, got {rate}"));
             }
         }
-        if self.error_rate + self.drop_rate > 1.0 {
-            return Err("error_rate + drop_rate must not exceed 1".to_owned());
+        if self.error_rate + self.drop_rate + self.lose_answer_rate > 1.0 {
+            return Err("error_rate + drop_rate + lose_answer_rate must not exceed 1".to_owned());
         }
         if !(400..=599).contains(&self.error_status) {
             return Err(format!(
@@ -72,7 +78,7 @@ impl FaultPlan {
     }
 
     fn draw(&self) -> Fault {
-        if self.error_rate == 0.0 && self.drop_rate == 0.0 {
+        if self.error_rate == 0.0 && self.drop_rate == 0.0 && self.lose_answer_rate == 0.0 {
             return Fault::None;
         }
         let roll: f64 = rand::random();
@@ -80,6 +86,8 @@ impl FaultPlan {
             Fault::Drop
         } else if roll < self.drop_rate + self.error_rate {
             Fault::Error
+        } else if roll < self.drop_rate + self.error_rate + self.lose_answer_rate {
+            Fault::LoseAnswer
         } else {
             Fault::None
         }
@@ -90,6 +98,7 @@ enum Fault {
     None,
     Error,
     Drop,
+    LoseAnswer,
 }
 
 #[derive(Clone)]
@@ -132,6 +141,23 @@ async fn observe(State(observation): State<Observation>, request: Request, next:
                     state.stats.record(endpoint, Outcome::Dropped);
                     tracing::debug!(endpoint = endpoint.name(), "fault: dropping connection");
                     // Never written: the severed connection fails hyper's write and is reset.
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+            }
+            Fault::LoseAnswer => {
+                if let Some(ConnectInfo(connection)) = request
+                    .extensions()
+                    .get::<ConnectInfo<ConnectionHandle>>()
+                    .cloned()
+                {
+                    // Handled first (whatever it commits stays committed), then the answer is lost.
+                    let _committed = next.run(request).await;
+                    connection.sever();
+                    state.stats.record(endpoint, Outcome::Dropped);
+                    tracing::debug!(
+                        endpoint = endpoint.name(),
+                        "fault: answer lost after handling"
+                    );
                     return StatusCode::INTERNAL_SERVER_ERROR.into_response();
                 }
             }

@@ -142,6 +142,7 @@ pub struct AuthServer {
 
 impl AuthServer {
     pub async fn start(dialect: Dialect, initial_access_tokens: &[&str]) -> Self {
+        super::install_crypto_provider();
         let mut config = DevServerConfig::new(dialect);
         config.initial_access_tokens = initial_access_tokens
             .iter()
