@@ -1397,6 +1397,7 @@ impl Floor {
             registration_client_uri: registered.registration_client_uri.clone(),
             tokens: BTreeMap::new(),
             applied_metadata_hash: Some(metadata_hash(&desired, self.dialect)),
+            registration_pending: false,
         };
         let mut status = SmartClientStatus {
             observed_generation: Some(generation),
@@ -1456,7 +1457,7 @@ impl Floor {
         let secret = render_secret(
             &object,
             render_data(&object, &credentials, &public),
-            credentials.applied_metadata_hash.as_deref(),
+            Some(&credentials),
         );
         let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();

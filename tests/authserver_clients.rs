@@ -1108,7 +1108,7 @@ async fn s4s_legacy_registering_the_same_id_and_secret_again_is_success() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4s_legacy_registering_a_taken_id_with_another_secret_is_a_server_error() {
+async fn s4s_legacy_registering_a_taken_id_with_another_secret_is_credentials_lost_not_retried() {
     let dev = DevAuthServer::start(DevDialect::S4sLegacy).await;
     let auth = dev.client().await;
     auth.register(
@@ -1127,10 +1127,11 @@ async fn s4s_legacy_registering_a_taken_id_with_another_secret_is_a_server_error
         .expect_err("the id belongs to another secret");
 
     assert!(
-        matches!(error, AuthServerError::ServerError { status: 500, .. }),
+        matches!(&error, AuthServerError::ClientIdTaken { client_id } if client_id == "team-a-growth-chart"),
         "{error:?}"
     );
-    assert_eq!(error.class(), ErrorClass::Retryable);
+    assert_eq!(error.class(), ErrorClass::User, "asking again cannot help");
+    assert_eq!(error.reason(), "CredentialsLost");
     assert_no_secret(&error, &["first-secret-value", "other-secret-value"]);
     assert_eq!(dev.count("token", "401").await, 1, "the probe said gone");
     let clients = dev.clients().await;

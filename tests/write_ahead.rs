@@ -380,3 +380,41 @@ async fn a_secret_deleted_after_an_operator_restart_is_restored_not_registered_a
         "restored, not registered again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s4s_legacy_secret_lost_while_the_operator_was_down_is_reported_as_credentials_lost() {
+    let mut s = setup("wal-lost", DevDialect::S4sLegacy, &[]).await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"clientId": "growth-chart-fixed"})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let original = s.server.clients().await[0]["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _ = s.operator.stop();
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    secrets
+        .delete("app-smart-client", &DeleteParams::default())
+        .await
+        .unwrap();
+    s.operator.restart();
+    let lost = wait_for_ready(&s.client, &s.ns, "app", "False", "CredentialsLost").await;
+    let message = condition_of(&lost, "Ready").unwrap().message;
+    assert!(message.contains("growth-chart-fixed"), "{message}");
+    let remote = s.server.clients().await;
+    assert_eq!(remote.len(), 1);
+    assert_eq!(
+        remote[0]["client_secret"].as_str(),
+        Some(original.as_str()),
+        "the registration on the server is never overwritten"
+    );
+    // A user error: no retry loop while nothing changes.
+    let attempts = s.server.count("register").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.server.count("register").await, attempts);
+}

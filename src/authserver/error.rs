@@ -61,6 +61,11 @@ pub enum AuthServerError {
     ClientGone,
 
     #[error(
+        "the auth server refuses to register client id {client_id} (it is taken) and does not accept this SmartClient's secret for it: the secret that registered it was lost (its Secret deleted while the operator was down?) or the id belongs to someone else; the registration cannot be overwritten: set another spec.clientId"
+    )]
+    ClientIdTaken { client_id: String },
+
+    #[error(
         "the existence check at {endpoint} was inconclusive (HTTP {status}, {detail}): the answer says neither that the client is unknown (invalid_client) nor that it exists (invalid_grant); nothing is registered again, the check is retried"
     )]
     ExistenceUnknown {
@@ -109,6 +114,7 @@ impl AuthServerError {
             Discovery { .. } => ErrorClass::Retryable,
             InvalidMetadata { .. }
             | RegisteredButUnreadable { .. }
+            | ClientIdTaken { .. }
             | PolicyRejected { .. }
             | Unsupported { .. }
             | Configuration { .. } => ErrorClass::User,
@@ -134,6 +140,7 @@ impl AuthServerError {
             InitialAccessTokenRejected { .. } => "InitialAccessTokenRejected",
             RegistrationAccessTokenRejected { .. } => "RegistrationAccessTokenRejected",
             ClientGone => "ClientGone",
+            ClientIdTaken { .. } => "CredentialsLost",
             ExistenceUnknown { .. } => "ExistenceUnknown",
             Protocol { .. } => "AuthServerProtocolError",
             RegisteredButUnreadable { .. } => "RegistrationAnswerUnreadable",

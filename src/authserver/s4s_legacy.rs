@@ -88,12 +88,17 @@ impl AuthServer for S4sLegacyClient {
             });
             return Ok(client);
         }
-        if answer.status == StatusCode::INTERNAL_SERVER_ERROR
-            && self.token_endpoint.is_some()
-            && self.probe(chosen).await? == Existence::Exists
-        {
-            // Our id and our secret are already registered: an earlier attempt got through.
-            return Ok(registered());
+        if answer.status == StatusCode::INTERNAL_SERVER_ERROR && self.token_endpoint.is_some() {
+            return match self.probe(chosen).await? {
+                // Our id and our secret are already registered: an earlier attempt got through.
+                Existence::Exists => Ok(registered()),
+                // The id is taken and our secret is not its secret: the one that registered it was
+                // lost (a Secret deleted while the operator was down), or the id is someone else's.
+                // Asking again cannot change that, and overwriting is impossible (review C15).
+                Existence::Gone => Err(AuthServerError::ClientIdTaken {
+                    client_id: chosen.client_id.clone(),
+                }),
+            };
         }
         Err(s4s_failure(&answer, endpoint, &redactor))
     }

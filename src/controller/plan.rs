@@ -86,6 +86,11 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
     if !input.secret_in_sync {
         return Action::WriteSecret;
     }
+    // Credentials the server never confirmed (an S4SLegacy choice written before it was posted): post
+    // them again; the dialect tells "already ours" from a refusal.
+    if credentials.registration_pending {
+        return Action::Register;
+    }
     // The record that came with the credentials is the truth; status is its report and may lag (a
     // status write that failed, a restart before it): an up-to-date client is never updated or replaced
     // because of that. Records written before the hash was kept fall back to status.
@@ -97,13 +102,9 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
         // RFC 7591 without RFC 7592 (no registration client URI or token): nothing to update with.
         let manageable = credentials.registration_client_uri.is_some()
             && credentials.registration_access_token.is_some();
-        return match (input.dialect, applied_hash) {
-            (Dialect::Rfc7591, _) if manageable => Action::Update,
-            (Dialect::Rfc7591, _) => Action::Replace,
-            // Credentials the server never confirmed (an S4SLegacy choice written before it was
-            // posted): post them again; the dialect tells "already ours" from a refusal.
-            (Dialect::S4sLegacy, None) => Action::Register,
-            (Dialect::S4s | Dialect::S4sLegacy, _) => Action::Replace,
+        return match input.dialect {
+            Dialect::Rfc7591 if manageable => Action::Update,
+            Dialect::Rfc7591 | Dialect::S4s | Dialect::S4sLegacy => Action::Replace,
         };
     }
     if input.now >= input.next_existence_check {
@@ -203,6 +204,7 @@ mod tests {
                 })
                 .collect::<BTreeMap<_, _>>(),
             applied_metadata_hash: Some("h1".into()),
+            registration_pending: false,
         }
     }
 
@@ -276,8 +278,13 @@ mod tests {
         let status = SmartClientStatus::default();
         let mut creds = credentials(&[]);
         creds.applied_metadata_hash = None;
+        creds.registration_pending = true;
         let mut i = input(&status, Some(&creds));
         i.dialect = Dialect::S4sLegacy;
+        assert_eq!(plan_next_action(&i), Action::Register);
+        // Even when status (from before the secret was lost) says the metadata is applied.
+        let healthy = healthy_status();
+        i.status = &healthy;
         assert_eq!(plan_next_action(&i), Action::Register);
     }
 

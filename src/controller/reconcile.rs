@@ -341,8 +341,6 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("the Secret could not be written: {0}")]
     SecretWrite(kube::Error),
-    #[error("{0}")]
-    CredentialsLost(String),
 }
 
 impl ReconcileError {
@@ -352,7 +350,6 @@ impl ReconcileError {
             ReconcileError::Resolve(e) => e.reason(),
             ReconcileError::Kube(_) => "KubernetesApiError",
             ReconcileError::SecretWrite(_) => "SecretWriteFailed",
-            ReconcileError::CredentialsLost(_) => "CredentialsLost",
         }
     }
 }
@@ -491,9 +488,6 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
             return Err(e.into());
         }
         Err(ReconcileError::Resolve(e)) => run.record_not_usable(e.reason(), e.to_string()).await,
-        Err(ReconcileError::CredentialsLost(message)) => {
-            run.record_user_error("CredentialsLost", message).await
-        }
     };
     // The Secret first: whoever sees Ready finds the credentials.
     if let Err(ReconcileError::SecretWrite(e)) = run.flush().await {
@@ -554,7 +548,7 @@ impl Run<'_> {
                     observed,
                     self.client,
                     &render_data(self.client, credentials, &public),
-                    credentials.applied_metadata_hash.as_deref(),
+                    Some(credentials),
                 ),
                 (Some(_), None) => false,
                 (None, _) => true,
@@ -749,11 +743,7 @@ impl Run<'_> {
             credentials,
             &self.public_values(server, requested),
         );
-        let secret = render_secret(
-            self.client,
-            data,
-            credentials.applied_metadata_hash.as_deref(),
-        );
+        let secret = render_secret(self.client, data, Some(credentials));
         let name = secret.metadata.name.clone().unwrap_or_default();
         self.observed_secret = Some(secret.clone());
         self.pending_secret = Some(secret);
@@ -859,10 +849,7 @@ impl Run<'_> {
             }
             // A choice persisted earlier but never confirmed (a crash or a failure after it was
             // written) is posted again as it is: the server may hold it already.
-            let unconfirmed = self
-                .credentials
-                .as_ref()
-                .filter(|c| c.applied_metadata_hash.is_none());
+            let unconfirmed = self.credentials.as_ref().filter(|c| c.registration_pending);
             if let Some(earlier) = unconfirmed {
                 client_id = earlier.client_id.clone();
             }
@@ -882,6 +869,7 @@ impl Run<'_> {
                 tokens: Default::default(),
                 // Not registered yet: no metadata is applied until the server says so.
                 applied_metadata_hash: None,
+                registration_pending: true,
             };
             self.credentials = Some(chosen.clone());
             self.persist(server, &desired.scopes);
@@ -1016,6 +1004,7 @@ impl Run<'_> {
             registration_client_uri: registration_client_uri.clone(),
             tokens: keep_tokens.unwrap_or_default(),
             applied_metadata_hash: Some(desired_hash.to_owned()),
+            registration_pending: false,
         });
         let same_client = previous.is_some();
         self.status.client_id = Some(client_id);

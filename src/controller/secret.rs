@@ -18,6 +18,9 @@ pub const CLIENT_LABEL: &str = "smart.fhir.dev/client";
 /// Annotation recording which metadata (its hash) the credentials in the Secret were registered with,
 /// so the Secret alone tells a restarted operator what is on the server even when status lags.
 pub const APPLIED_METADATA_HASH_ANNOTATION: &str = "smart.fhir.dev/applied-metadata-hash";
+/// Annotation marking credentials the operator chose and wrote before posting them (S4SLegacy) and the
+/// server has not confirmed yet: they are posted again, never taken as registered.
+pub const REGISTRATION_PENDING_ANNOTATION: &str = "smart.fhir.dev/registration-pending";
 
 /// Every credential the operator holds for one registration.
 #[derive(Clone, Debug)]
@@ -31,6 +34,8 @@ pub struct StoredCredentials {
     /// credentials it is the write-ahead record: kept in memory and in the Secret, so neither a failed
     /// status write nor a restart makes the operator update or replace a client that is up to date.
     pub applied_metadata_hash: Option<String>,
+    /// Chosen by the operator and written before they were posted; not confirmed by the server yet.
+    pub registration_pending: bool,
 }
 
 /// One debug token as kept in the Secret.
@@ -148,7 +153,7 @@ pub fn render_data(
 pub fn render_secret(
     client: &SmartClient,
     data: BTreeMap<String, ByteString>,
-    applied_metadata_hash: Option<&str>,
+    record: Option<&StoredCredentials>,
 ) -> Secret {
     let spec = client.spec.secret.clone().unwrap_or_default();
     let mut labels = spec.labels.unwrap_or_default();
@@ -163,9 +168,7 @@ pub fn render_secret(
     secret.metadata.namespace = client.namespace();
     secret.metadata.labels = Some(labels);
     let mut annotations = spec.annotations.unwrap_or_default();
-    if let Some(hash) = applied_metadata_hash {
-        annotations.insert(APPLIED_METADATA_HASH_ANNOTATION.into(), hash.to_owned());
-    }
+    annotations.extend(record_annotations(record));
     secret.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
     secret.metadata.owner_references = client.controller_owner_ref(&()).map(|owner| vec![owner]);
     secret
@@ -233,22 +236,43 @@ pub fn secret_ownership(observed: Option<&Secret>, client: &SmartClient) -> Secr
     })
 }
 
+/// What the record says beyond the credentials, as the Secret's annotations.
+fn record_annotations(record: Option<&StoredCredentials>) -> BTreeMap<String, String> {
+    let mut annotations = BTreeMap::new();
+    let Some(record) = record else {
+        return annotations;
+    };
+    if let Some(hash) = &record.applied_metadata_hash {
+        annotations.insert(APPLIED_METADATA_HASH_ANNOTATION.into(), hash.clone());
+    }
+    if record.registration_pending {
+        annotations.insert(REGISTRATION_PENDING_ANNOTATION.into(), "true".into());
+    }
+    annotations
+}
+
 /// Whether the observed Secret holds exactly what the operator would write for the keys it owns and is
 /// labelled as it should be. Extra keys written by others are left alone.
 pub fn is_in_sync(
     observed: &Secret,
     client: &SmartClient,
     data: &BTreeMap<String, ByteString>,
-    applied_metadata_hash: Option<&str>,
+    record: Option<&StoredCredentials>,
 ) -> bool {
     let observed_data = observed.data.clone().unwrap_or_default();
     let labels = observed.labels();
     let wanted = render_secret(client, BTreeMap::new(), None);
-    let hash_ok = applied_metadata_hash.is_none_or(|hash| {
-        observed
-            .annotations()
-            .get(APPLIED_METADATA_HASH_ANNOTATION)
-            .is_some_and(|h| h == hash)
+    let observed_annotations = observed.annotations();
+    let record_ok = [
+        APPLIED_METADATA_HASH_ANNOTATION,
+        REGISTRATION_PENDING_ANNOTATION,
+    ]
+    .iter()
+    .all(|key| {
+        record_annotations(record).get(*key) == observed_annotations.get(*key)
+            // Records written before the hash was kept: an absent hash is not a difference.
+            || (*key == APPLIED_METADATA_HASH_ANNOTATION
+                && record.is_none_or(|r| r.applied_metadata_hash.is_none()))
     });
     let labels_ok = wanted
         .metadata
@@ -257,7 +281,7 @@ pub fn is_in_sync(
         .iter()
         .all(|(k, v)| labels.get(k) == Some(v));
     labels_ok
-        && hash_ok
+        && record_ok
         && controlled_by(observed, client)
         && data.iter().all(|(k, v)| observed_data.get(k) == Some(v))
 }
@@ -304,6 +328,10 @@ pub fn read_credentials(
             .annotations()
             .get(APPLIED_METADATA_HASH_ANNOTATION)
             .cloned(),
+        registration_pending: observed
+            .annotations()
+            .get(REGISTRATION_PENDING_ANNOTATION)
+            .is_some_and(|v| v == "true"),
     })
 }
 
@@ -341,6 +369,7 @@ mod tests {
                 },
             )]),
             applied_metadata_hash: Some("h1".into()),
+            registration_pending: false,
         }
     }
 
@@ -350,7 +379,7 @@ mod tests {
         let secret = render_secret(
             &c,
             render_data(&c, &credentials(), &PublicValues::default()),
-            Some("h1"),
+            Some(&credentials()),
         );
         assert_eq!(secret.metadata.name.as_deref(), Some("app-smart-client"));
         let data = secret.data.as_ref().unwrap();
@@ -385,11 +414,23 @@ mod tests {
                 && data.contains_key("SECRET")
                 && !data.contains_key("client_id")
         );
-        let secret = render_secret(&c, data.clone(), Some("h1"));
-        assert!(is_in_sync(&secret, &c, &data, Some("h1")));
+        let record = credentials();
+        let secret = render_secret(&c, data.clone(), Some(&record));
+        assert!(is_in_sync(&secret, &c, &data, Some(&record)));
+        let mut newer = credentials();
+        newer.applied_metadata_hash = Some("h2".into());
         assert!(
-            !is_in_sync(&secret, &c, &data, Some("h2")),
+            !is_in_sync(&secret, &c, &data, Some(&newer)),
             "a newer record is out of sync"
+        );
+        let mut pending = credentials();
+        pending.registration_pending = true;
+        assert!(!is_in_sync(&secret, &c, &data, Some(&pending)));
+        let pending_secret = render_secret(&c, data.clone(), Some(&pending));
+        assert!(
+            read_credentials(&pending_secret, &c, &[])
+                .unwrap()
+                .registration_pending
         );
         let read = read_credentials(&secret, &c, &["daniel".into()]).unwrap();
         assert_eq!(read.applied_metadata_hash.as_deref(), Some("h1"));
