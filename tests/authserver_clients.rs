@@ -296,6 +296,7 @@ async fn endpoint_overrides_win_over_discovered_endpoints() {
         token: Some("http://127.0.0.1:1/custom/token".into()),
         debug_token: Some("http://127.0.0.1:1/custom/debug-token".into()),
         debug_introspect: None,
+        allowed_hosts: None,
     };
 
     let endpoints = discover(
@@ -1333,5 +1334,69 @@ async fn credentials_and_registrations_do_not_show_secret_values_when_debug_prin
     assert!(
         !printed_client.contains(INITIAL_ACCESS_TOKEN),
         "{printed_client}"
+    );
+}
+
+/// Review S1: the discovery document must not decide where credentials go. A mock serves documents
+/// that point elsewhere (the dev servers always point at themselves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_endpoints_on_other_hosts_or_over_plain_http_are_refused() {
+    use smart_operator::crd::AllowedHost;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mock = MockServer::start().await;
+    let serve = |document: serde_json::Value| {
+        Mock::given(method("GET"))
+            .and(path("/fhir/.well-known/smart-configuration"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(document))
+    };
+    let http = HttpClient::new(&HttpSettings::default()).unwrap();
+    let base = format!("{}/fhir", mock.uri());
+
+    // Another host: refused unless the admin lists it.
+    let elsewhere = serve(
+        json!({"registration_endpoint": "https://collector.example.net/register",
+                                 "token_endpoint": "https://collector.example.net/token"}),
+    )
+    .mount_as_scoped(&mock)
+    .await;
+    let error = discover(&http, Dialect::Rfc7591, Some(&base), None)
+        .await
+        .expect_err("another host");
+    assert!(
+        matches!(&error, AuthServerError::Discovery { detail } if detail.contains("allowedHosts")),
+        "{error:?}"
+    );
+    let allowed = EndpointOverrides {
+        allowed_hosts: Some(vec![AllowedHost("collector.example.net".into())]),
+        ..Default::default()
+    };
+    let endpoints = discover(&http, Dialect::Rfc7591, Some(&base), Some(&allowed))
+        .await
+        .expect("a host the admin listed");
+    assert_eq!(
+        endpoints.registration.as_deref(),
+        Some("https://collector.example.net/register")
+    );
+    drop(elsewhere);
+
+    // The real auth-proxy builds its token URL from the Host header: http to an internal name.
+    let _downgrade = serve(
+        json!({"registration_endpoint": format!("{}/register", mock.uri()),
+                                  "token_endpoint": "http://auth.internal:5000/oauth/token"}),
+    )
+    .mount_as_scoped(&mock)
+    .await;
+    let allowed = EndpointOverrides {
+        allowed_hosts: Some(vec![AllowedHost("auth.internal".into())]),
+        ..Default::default()
+    };
+    let error = discover(&http, Dialect::Rfc7591, Some(&base), Some(&allowed))
+        .await
+        .expect_err("plain http off loopback");
+    assert!(
+        matches!(&error, AuthServerError::Discovery { detail } if detail.contains("http://")),
+        "{error:?}"
     );
 }

@@ -59,6 +59,9 @@ pub async fn discover(
         Err(_) if has_registration_override => ServerEndpoints::default(),
         Err(e) => return Err(e),
     };
+    if let Some(base) = fhir_base_url {
+        check_discovered(&discovered, base, overrides)?;
+    }
     // Debug endpoints sit beside the registration endpoint actually used, overridden or not.
     let endpoints = with_debug_endpoints(dialect, apply_overrides(discovered, overrides));
     if endpoints.registration.is_none() {
@@ -90,6 +93,10 @@ async fn discover_oauth_metadata(
     if endpoints.registration.is_none()
         && let Some(issuer) = &smart.issuer
     {
+        // The issuer is fetched from as well: it obeys the rules of any discovered URL.
+        endpoint_allowed(issuer, fhir_base_url, &[]).map_err(|why| AuthServerError::Discovery {
+            detail: format!("the discovered issuer {why}"),
+        })?;
         let openid: OAuthMetadata =
             fetch_json(http, &well_known(issuer, "openid-configuration")).await?;
         endpoints.registration = openid.registration_endpoint;
@@ -151,6 +158,82 @@ fn with_debug_endpoints(dialect: Dialect, mut endpoints: ServerEndpoints) -> Ser
     endpoints
 }
 
+/// Every discovered endpoint that an override does not replace must pass [`endpoint_allowed`]
+/// (review S1). Debug endpoints are derived from the registration endpoint, so they follow it.
+fn check_discovered(
+    discovered: &ServerEndpoints,
+    fhir_base_url: &str,
+    overrides: Option<&EndpointOverrides>,
+) -> Result<(), AuthServerError> {
+    let allowed: Vec<String> = overrides
+        .and_then(|o| o.allowed_hosts.as_ref())
+        .map(|hosts| hosts.iter().map(|h| h.0.clone()).collect())
+        .unwrap_or_default();
+    let overridden = |pick: fn(&EndpointOverrides) -> bool| overrides.is_some_and(pick);
+    let checks = [
+        (
+            "registration",
+            &discovered.registration,
+            overridden(|o| o.registration.is_some()),
+        ),
+        (
+            "token",
+            &discovered.token,
+            overridden(|o| o.token.is_some()),
+        ),
+        ("authorization", &discovered.authorization, false),
+    ];
+    for (name, url, replaced) in checks {
+        if let (Some(url), false) = (url, replaced) {
+            endpoint_allowed(url, fhir_base_url, &allowed).map_err(|why| {
+                AuthServerError::Discovery {
+                    detail: format!("the discovered {name} endpoint {why}"),
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a URL found in a discovery document may be used: https, or http only to localhost, as for
+/// URLs in a spec; and on the host of `fhir_base_url` or one of `allowed_hosts` (`*.domain` for any host
+/// below it). The error says why, naming the URL (discovery documents hold no secrets).
+pub fn endpoint_allowed(
+    url: &str,
+    fhir_base_url: &str,
+    allowed_hosts: &[String],
+) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|_| format!("{url} is not an absolute URL"))?;
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]" | "::1");
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        other => {
+            return Err(format!(
+                "{url} uses {other}://: only https (http only to localhost) may carry credentials"
+            ));
+        }
+    }
+    let base_host = url::Url::parse(fhir_base_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+    let allowed = base_host.as_deref() == Some(host.as_str())
+        || allowed_hosts
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => *pattern == host,
+            });
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url} is on host {host}, which is neither the host of fhirBaseUrl nor listed in spec.endpoints.allowedHosts"
+        ))
+    }
+}
+
 /// Overrides win over discovery.
 pub fn apply_overrides(
     mut endpoints: ServerEndpoints,
@@ -200,6 +283,36 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discovered_endpoints_stay_on_https_and_on_the_hosts_the_admin_named() {
+        let base = "https://fhir.example.org/r4";
+        let ok = |url: &str, allowed: &[&str]| {
+            let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
+            endpoint_allowed(url, base, &allowed)
+        };
+        assert!(ok("https://fhir.example.org/oauth/token", &[]).is_ok());
+        assert!(ok("https://FHIR.example.org/register", &[]).is_ok());
+        assert!(ok("https://auth.example.org/token", &["auth.example.org"]).is_ok());
+        assert!(ok("https://a.auth.example.org/token", &["*.example.org"]).is_ok());
+        // Another host, named by nobody but the discovery document.
+        let other = ok("https://collector.example.net/register", &[]).unwrap_err();
+        assert!(other.contains("allowedHosts"), "{other}");
+        assert!(ok("https://example.org.evil.net/t", &["*.example.org"]).is_err());
+        // A downgrade to plain http, even on the right host.
+        let plain = ok("http://fhir.example.org/oauth/token", &[]).unwrap_err();
+        assert!(plain.contains("http://"), "{plain}");
+        // Loopback servers (the dev server, the real auth-proxy in tests) answer over http.
+        assert!(
+            endpoint_allowed(
+                "http://127.0.0.1:8080/oauth/token",
+                "http://127.0.0.1:8080/api/fhir",
+                &[]
+            )
+            .is_ok()
+        );
+        assert!(ok("ftp://fhir.example.org/x", &[]).is_err());
+    }
     use serde_json::json;
 
     #[test]

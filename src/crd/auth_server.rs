@@ -111,7 +111,28 @@ pub struct EndpointOverrides {
     /// Sync-for-Science debug introspection endpoint (`/oauth/debug/introspect`). S4S dialects only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_introspect: Option<ServerUrl>,
+    /// Hosts that discovered endpoints may be on besides the host of `fhirBaseUrl`, for servers whose
+    /// authorization server runs elsewhere (e.g. `auth.example.org`, or `*.example.org` for any
+    /// subdomain). A discovered endpoint on any other host, or over http to anything but localhost,
+    /// is refused: the discovery document must not decide where the initial access token and client
+    /// secrets are sent. Endpoints set here in `endpoints` are the admin's choice and exempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub allowed_hosts: Option<Vec<AllowedHost>>,
 }
+
+/// A host name, or `*.` and a domain for every host below it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct AllowedHost(
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        )
+    )]
+    pub String,
+);
 
 /// Credentials the operator presents to the auth server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

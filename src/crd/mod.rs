@@ -13,7 +13,7 @@ pub mod schema;
 mod smart_client;
 
 pub use auth_server::{
-    AuthServerCredentials, AuthServerSpec, AuthServerStatus, ClusterSmartAuthServer,
+    AllowedHost, AuthServerCredentials, AuthServerSpec, AuthServerStatus, ClusterSmartAuthServer,
     ClusterSmartAuthServerSpec, Dialect, DiscoveredEndpoints, EndpointOverrides, SmartAuthServer,
     TlsConfig,
 };
