@@ -1,0 +1,281 @@
+//! Chaos: SmartClients of every dialect rolled out while the operator is SIGKILLed and the auth server
+//! fails a fifth of its requests with added latency; then an auth server wipe; then deletions under
+//! 50% errors. Counted from the servers and the cluster, never from the operator's own account.
+//!
+//! This short form runs in `hack/test`. `hack/chaos` runs the same test at full size
+//! (`CHAOS_CLIENTS=300 CHAOS_KILLS=10 CHAOS_DELETIONS=100`) and prints the figures README quotes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use common::operator::*;
+use common::scenario::*;
+use common::*;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::json;
+use smart_operator::crd::SmartClient;
+use smart_operator::devserver::Dialect as DevDialect;
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Figures {
+    dialect: DevDialect,
+    clients: usize,
+    kills: usize,
+    ready: usize,
+    rollout: Duration,
+    lost_credentials: usize,
+    extra_registrations: usize,
+    recorded_orphans: usize,
+    wipe_recovery: Duration,
+    legacy_secrets_changed_by_wipe: usize,
+    deleted: usize,
+    leftovers_after_deletion: usize,
+    deletion_time: Duration,
+}
+
+/// (client_id → client_secret) on the dev server.
+async fn server_clients(server: &AuthServer) -> HashMap<String, Option<String>> {
+    server
+        .clients()
+        .await
+        .into_iter()
+        .map(|c| {
+            (
+                c["client_id"].as_str().unwrap_or_default().to_owned(),
+                c["client_secret"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// (SmartClient name → (client_id, client_secret)) as their Secrets hold them.
+async fn secrets_of(s: &Setup, names: &[String]) -> BTreeMap<String, (String, Option<String>)> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        if let Some(secret) = get_secret(&s.client, &s.ns, &format!("{name}-smart-client")).await
+            && let Some(id) = secret_value(&secret, "client_id")
+        {
+            out.insert(name.clone(), (id, secret_value(&secret, "client_secret")));
+        }
+    }
+    out
+}
+
+/// SmartClients whose Secret holds credentials the server does not accept (unknown id, other secret).
+async fn lost_credentials(s: &Setup, names: &[String]) -> usize {
+    let remote = server_clients(&s.server).await;
+    let held = secrets_of(s, names).await;
+    names
+        .iter()
+        .filter(|name| match held.get(*name) {
+            Some((id, secret)) => remote.get(id) != Some(secret),
+            None => true,
+        })
+        .count()
+}
+
+async fn ready_count(s: &Setup) -> usize {
+    api(s)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|c| condition(c, "Ready").is_some_and(|(status, _)| status == "True"))
+        .count()
+}
+
+async fn run(dialect: DevDialect, prefix: &str) -> Figures {
+    let clients = setting("CHAOS_CLIENTS", 20);
+    let kills = setting("CHAOS_KILLS", 3);
+    let deletions = setting("CHAOS_DELETIONS", 10).min(clients);
+    let interval = format!("{}s", PROBE_INTERVAL.as_secs());
+    let mut s = setup(
+        prefix,
+        dialect,
+        &[
+            "--existence-check-interval",
+            &interval,
+            "--backoff-cap",
+            "2s",
+        ],
+    )
+    .await;
+    let names: Vec<String> = (0..clients).map(|i| format!("app-{i}")).collect();
+
+    // 1. Rollout while the server fails a fifth of its requests and the operator is killed.
+    s.server
+        .set_faults(json!({"error_rate": 0.2, "error_status": 503, "latency_ms": 100}))
+        .await;
+    let started = Instant::now();
+    let creator = {
+        let client = s.client.clone();
+        let ns = s.ns.clone();
+        let names = names.clone();
+        tokio::spawn(async move {
+            for name in names {
+                create(&client, Some(&ns), smart_client(&name, json!({})))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.operator.kill_hard();
+        s.operator.restart();
+    }
+    creator.await.unwrap();
+    eventually(
+        "every SmartClient Ready after the rollout",
+        Duration::from_secs(300),
+        || async { (ready_count(&s).await == clients).then_some(()) },
+    )
+    .await;
+    let rollout = started.elapsed();
+    s.server.clear_faults().await;
+    let ready = ready_count(&s).await;
+    let lost = lost_credentials(&s, &names).await;
+    let remote = server_clients(&s.server).await.len();
+    let recorded_orphans: usize = api(&s)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c: &SmartClient| c.status.as_ref().map_or(0, |st| st.orphaned_clients.len()))
+        .sum();
+
+    // 2. A wipe: every client is registered again within a probe interval, S4SLegacy with its secret.
+    let before_wipe = secrets_of(&s, &names).await;
+    s.server.reset().await;
+    let wiped_at = Instant::now();
+    eventually(
+        "every client works on the wiped server again",
+        PROBE_INTERVAL * 3,
+        || async { (lost_credentials(&s, &names).await == 0).then_some(()) },
+    )
+    .await;
+    let wipe_recovery = wiped_at.elapsed();
+    let after_wipe = secrets_of(&s, &names).await;
+    let legacy_secrets_changed = before_wipe
+        .iter()
+        .filter(|(name, held)| after_wipe.get(*name) != Some(held))
+        .count();
+
+    // 3. Deletions while half of all requests fail, then the faults stop.
+    s.server
+        .set_faults(json!({"error_rate": 0.5, "error_status": 503}))
+        .await;
+    let doomed = &names[..deletions];
+    let doomed_ids: Vec<String> = doomed
+        .iter()
+        .filter_map(|n| after_wipe.get(n).map(|(id, _)| id.clone()))
+        .collect();
+    let deleting = Instant::now();
+    for name in doomed {
+        api(&s)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    s.server.clear_faults().await;
+    let clients_api: Api<SmartClient> = api(&s);
+    eventually(
+        "every deleted SmartClient is gone",
+        Duration::from_secs(120),
+        || async {
+            for name in doomed {
+                if clients_api.get_opt(name).await.ok()?.is_some() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let deletion_time = deleting.elapsed();
+    let remote_after = server_clients(&s.server).await;
+    let leftovers = doomed_ids
+        .iter()
+        .filter(|id| remote_after.contains_key(*id))
+        .count();
+
+    Figures {
+        dialect,
+        clients,
+        kills,
+        ready,
+        rollout,
+        lost_credentials: lost,
+        extra_registrations: remote.saturating_sub(clients),
+        recorded_orphans,
+        wipe_recovery,
+        legacy_secrets_changed_by_wipe: if dialect == DevDialect::S4sLegacy {
+            legacy_secrets_changed
+        } else {
+            0
+        },
+        deleted: deletions,
+        leftovers_after_deletion: leftovers,
+        deletion_time,
+    }
+}
+
+fn check(f: &Figures) {
+    println!("CHAOS {f:?}");
+    assert_eq!(f.ready, f.clients, "every SmartClient Ready: {f:?}");
+    assert_eq!(f.lost_credentials, 0, "no lost credentials: {f:?}");
+    match f.dialect {
+        DevDialect::S4sLegacy => {
+            assert_eq!(f.extra_registrations, 0, "no duplicate on S4SLegacy: {f:?}");
+            assert_eq!(
+                f.legacy_secrets_changed_by_wipe, 0,
+                "a wipe changes no S4SLegacy secret: {f:?}"
+            );
+        }
+        // A kill while a registration is in flight can leave one client whose id died with the
+        // process: at most one per kill.
+        DevDialect::Rfc7591 | DevDialect::S4s => assert!(
+            f.extra_registrations <= f.kills,
+            "duplicates bounded by kills: {f:?}"
+        ),
+    }
+    assert!(
+        f.wipe_recovery <= PROBE_INTERVAL + Duration::from_secs(5),
+        "recovered from the wipe within a probe interval: {f:?}"
+    );
+    if f.dialect == DevDialect::Rfc7591 {
+        assert_eq!(
+            f.leftovers_after_deletion, 0,
+            "no leftovers once faults stop: {f:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_rfc7591() {
+    check(&run(DevDialect::Rfc7591, "chaos-rfc").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_s4s() {
+    check(&run(DevDialect::S4s, "chaos-s4s").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_s4s_legacy() {
+    check(&run(DevDialect::S4sLegacy, "chaos-legacy").await);
+}
