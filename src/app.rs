@@ -4,10 +4,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use futures::future::join_all;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
@@ -25,6 +26,7 @@ use crate::controller::reconcile::{ReconcileError, error_policy, reconcile};
 use crate::controller::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::controller::{Context, Settings};
 use crate::crd::{AuthServerKind, ClusterSmartAuthServer, SmartAuthServer, SmartClient};
+use crate::leadership::{Leadership, deadline_from_lease, renew_deadline};
 use crate::telemetry::{ErrorLabels, Health, Metrics, serve};
 
 /// Leader election settings.
@@ -133,6 +135,7 @@ pub async fn run(options: RunOptions) -> Result<(), AppError> {
                 &options,
                 metrics.clone(),
                 health.clone(),
+                Arc::new(Leadership::unbounded()),
                 stopped(stop_rx.clone()),
             )
             .await;
@@ -202,12 +205,32 @@ async fn lead_then_run(
     }
     info!(%identity, "acquired the leader lease; starting controllers");
     health.ready.store(false, Ordering::Relaxed);
+    let deadline = renew_deadline(
+        Duration::from_secs(election.lease_duration),
+        Duration::from_secs(election.renew_grace),
+    );
+    let leadership = Arc::new(Leadership::until_confirmed());
+    leadership.extend_to(SystemTime::now() + deadline);
+    let watchdog = watch_renew_deadline(
+        Api::namespaced(client.clone(), &election.lease_namespace),
+        election.lease_name.clone(),
+        identity.clone(),
+        deadline,
+        Duration::from_millis((election.renew_grace * 1000 / 4).max(250)),
+        leadership.clone(),
+    );
     let mut lost_watch = leading.clone();
     let lost = async move {
-        while *lost_watch.borrow_and_update() {
-            if lost_watch.changed().await.is_err() {
-                return;
+        let replaced = async {
+            while *lost_watch.borrow_and_update() {
+                if lost_watch.changed().await.is_err() {
+                    return;
+                }
             }
+        };
+        tokio::select! {
+            _ = replaced => {},
+            _ = watchdog => {},
         }
     };
     let (lost_tx, mut lost_rx) = watch::channel(false);
@@ -220,7 +243,16 @@ async fn lead_then_run(
             }
         }
     };
-    run_controllers(client, options, metrics, health, shutdown).await;
+    run_controllers(
+        client,
+        options,
+        metrics,
+        health,
+        leadership.clone(),
+        shutdown,
+    )
+    .await;
+    leadership.revoke();
     let lost_lease = *lost_rx.borrow_and_update();
     drop(leading);
     release(lease_task).await;
@@ -228,6 +260,36 @@ async fn lead_then_run(
         Err(AppError::LostLease)
     } else {
         Ok(())
+    }
+}
+
+/// Resolves when this instance is past its renew deadline: the Lease in the apiserver has not named it
+/// as holder with a fresh renew time for longer than the deadline (its renewals fail, or another
+/// instance holds it). Until then, every check that finds this instance renewing moves the deadline.
+async fn watch_renew_deadline(
+    leases: Api<Lease>,
+    lease_name: String,
+    identity: String,
+    deadline: Duration,
+    every: Duration,
+    leadership: Arc<Leadership>,
+) {
+    loop {
+        match leases.get_opt(&lease_name).await {
+            Ok(Some(lease)) => {
+                if let Some(until) = deadline_from_lease(&lease, &identity, deadline) {
+                    leadership.extend_to(until);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "could not read the leader lease"),
+        }
+        if !leadership.may_act() {
+            warn!(lease = %lease_name, %identity, "past the leader renew deadline: the lease was not renewed in time; no further auth-server calls, stopping");
+            leadership.revoke();
+            return;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -254,6 +316,7 @@ async fn run_controllers(
     options: &RunOptions,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    leadership: Arc<Leadership>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let recorder = Recorder::new(
@@ -308,6 +371,7 @@ async fn run_controllers(
         options.settings.clone(),
         metrics,
         caches,
+        leadership,
     ));
     let mut controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     let mut stores = Vec::new();

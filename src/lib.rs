@@ -5,5 +5,6 @@ pub mod authserver;
 pub mod controller;
 pub mod crd;
 pub mod devserver;
+pub mod leadership;
 pub mod manifests;
 pub mod telemetry;

@@ -145,6 +145,13 @@ async fn run(dialect: DevDialect, prefix: &str) -> Figures {
     .await;
     let rollout = started.elapsed();
     s.server.clear_faults().await;
+    // A check that hit the last injected fault may have set one Ready=False; the faults are over now.
+    eventually(
+        "every SmartClient Ready once the faults stop",
+        PROBE_INTERVAL * 3,
+        || async { (ready_count(&s).await == clients).then_some(()) },
+    )
+    .await;
     let ready = ready_count(&s).await;
     let lost = lost_credentials(&s, &names).await;
     let remote = server_clients(&s.server).await.len();
@@ -235,7 +242,23 @@ async fn run(dialect: DevDialect, prefix: &str) -> Figures {
 }
 
 fn check(f: &Figures) {
-    println!("CHAOS {f:?}");
+    println!(
+        "CHAOS | {:?} | {} clients, {} kills | {}/{} Ready after {:.1} s | lost {} | extra registrations {} (recorded orphans {}) | wipe: recovered in {:.1} s, S4SLegacy secrets changed {} | {} deletions in {:.1} s, leftovers {} |",
+        f.dialect,
+        f.clients,
+        f.kills,
+        f.ready,
+        f.clients,
+        f.rollout.as_secs_f64(),
+        f.lost_credentials,
+        f.extra_registrations,
+        f.recorded_orphans,
+        f.wipe_recovery.as_secs_f64(),
+        f.legacy_secrets_changed_by_wipe,
+        f.deleted,
+        f.deletion_time.as_secs_f64(),
+        f.leftovers_after_deletion,
+    );
     assert_eq!(f.ready, f.clients, "every SmartClient Ready: {f:?}");
     assert_eq!(f.lost_credentials, 0, "no lost credentials: {f:?}");
     match f.dialect {
@@ -246,11 +269,12 @@ fn check(f: &Figures) {
                 "a wipe changes no S4SLegacy secret: {f:?}"
             );
         }
-        // A kill while a registration is in flight can leave one client whose id died with the
-        // process: at most one per kill.
+        // A kill while registrations are in flight leaves each of those clients on the server with
+        // an id that died with the process: at most the reconcile concurrency (16) per kill, and
+        // never more through retries.
         DevDialect::Rfc7591 | DevDialect::S4s => assert!(
-            f.extra_registrations <= f.kills,
-            "duplicates bounded by kills: {f:?}"
+            f.extra_registrations <= f.kills * 16,
+            "duplicates bounded by what kills can interrupt: {f:?}"
         ),
     }
     assert!(

@@ -96,6 +96,11 @@ pub enum AuthServerError {
     #[error("discovery failed: {detail}")]
     Discovery { detail: String },
 
+    #[error(
+        "this instance is past its leader renew deadline; the call was not made (or abandoned)"
+    )]
+    NotLeader,
+
     #[error("invalid auth server configuration: {detail}")]
     Configuration { detail: String },
 }
@@ -108,7 +113,8 @@ impl AuthServerError {
             | Timeout { .. }
             | ServerError { .. }
             | Protocol { .. }
-            | ExistenceUnknown { .. } => ErrorClass::Retryable,
+            | ExistenceUnknown { .. }
+            | NotLeader => ErrorClass::Retryable,
             // Discovery documents are fetched over the network; a broken one is usually a server
             // mid-deploy, so it is retried like any other transient failure.
             Discovery { .. } => ErrorClass::Retryable,
@@ -146,6 +152,7 @@ impl AuthServerError {
             RegisteredButUnreadable { .. } => "RegistrationAnswerUnreadable",
             Unsupported { .. } => "UnsupportedByDialect",
             Discovery { .. } => "DiscoveryFailed",
+            NotLeader => "NotLeader",
             Configuration { .. } => "InvalidAuthServerConfiguration",
         }
     }

@@ -118,6 +118,8 @@ pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, Rec
                     .await;
                     Ok(let_go(ctx, &uid))
                 }
+                // Past the renew deadline: another instance may lead; record nothing.
+                Err(AuthServerError::NotLeader) => Err(AuthServerError::NotLeader.into()),
                 Err(error) => match after_failed_delete(error.class()) {
                     FailedDelete::LetGoAsRefused => {
                         let reason = OrphanReason::Refused(error.to_string());

@@ -10,6 +10,7 @@ use crate::authserver::{
     AuthServer, AuthServerClient, AuthServerError, ClientCredentials, ClientMetadata,
     DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient, TokenInfo,
 };
+use crate::leadership::Leadership;
 use crate::telemetry::Metrics;
 
 pub struct ObservedAuthServer {
@@ -17,16 +18,27 @@ pub struct ObservedAuthServer {
     pub metrics: Arc<Metrics>,
     /// `<kind>/<namespace>/<name>` of the auth server resource.
     pub server: String,
+    pub leadership: Arc<Leadership>,
 }
 
 impl ObservedAuthServer {
+    /// The one gate every remote call goes through: none is made past the leader renew deadline, and
+    /// one still running at the deadline is abandoned, so two instances never act on one client.
     async fn observe<T>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, AuthServerError>>,
     ) -> Result<T, AuthServerError> {
+        if !self.leadership.may_act() {
+            return Err(AuthServerError::NotLeader);
+        }
         let started = Instant::now();
-        let result = call.await;
+        let result = match self.leadership.remaining() {
+            None => call.await,
+            Some(left) => tokio::time::timeout(left, call)
+                .await
+                .unwrap_or(Err(AuthServerError::NotLeader)),
+        };
         let status = match &result {
             Ok(_) => "ok",
             Err(e) => e.reason(),

@@ -44,6 +44,7 @@ use crate::crd::{
     DebugTokenStatus, Dialect, OrphanedClient, RetryStatus, SmartClient, SmartClientStatus,
     condition,
 };
+use crate::leadership::Leadership;
 use crate::telemetry::Metrics;
 
 /// Finalizer that lets the operator delete the remote registration before the object goes.
@@ -99,6 +100,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
+    pub leadership: Arc<Leadership>,
     memory: Mutex<HashMap<String, Memory>>,
     /// Per auth server: the fingerprint it was built for, and the client.
     http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
@@ -120,6 +122,7 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
         caches: Caches,
+        leadership: Arc<Leadership>,
     ) -> Self {
         Self {
             client,
@@ -127,6 +130,7 @@ impl Context {
             settings,
             metrics,
             caches,
+            leadership,
             memory: Mutex::default(),
             http_clients: Mutex::default(),
             initial_tokens: Mutex::default(),
@@ -306,6 +310,7 @@ impl Context {
             inner,
             metrics: self.metrics.clone(),
             server: server.metric_label(),
+            leadership: self.leadership.clone(),
         })
     }
 
@@ -479,6 +484,14 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
     let requeue = match outcome {
         Ok(requeue) => requeue,
         Err(ReconcileError::SecretWrite(e)) => return run.report_secret_write_failure(&e).await,
+        // Past the renew deadline another instance may lead: keep what was obtained while leading,
+        // write no status, make no further call.
+        Err(ReconcileError::AuthServer(AuthServerError::NotLeader)) => {
+            if let Err(flush) = run.flush().await {
+                warn!(client = %client.name_any(), error = %flush, "could not write the Secret");
+            }
+            return Err(AuthServerError::NotLeader.into());
+        }
         Err(ReconcileError::AuthServer(e)) => run.record_auth_server_error(&e).await,
         Err(ReconcileError::Resolve(ResolveError::Kube(e))) | Err(ReconcileError::Kube(e)) => {
             // Whatever the server handed out before the apiserver failed still goes to the Secret.
