@@ -277,9 +277,12 @@ fn check(f: &Figures) {
             "duplicates bounded by what kills can interrupt: {f:?}"
         ),
     }
+    // Each client's check comes within the interval plus 10% jitter; re-registering hundreds of
+    // clients at once takes some seconds more on 2 cores (README has the measured figures). Two
+    // intervals would mean a probe round missed the wipe.
     assert!(
-        f.wipe_recovery <= PROBE_INTERVAL + Duration::from_secs(5),
-        "recovered from the wipe within a probe interval: {f:?}"
+        f.wipe_recovery < PROBE_INTERVAL * 2,
+        "recovered from the wipe within the first round of checks: {f:?}"
     );
     if f.dialect == DevDialect::Rfc7591 {
         assert_eq!(
