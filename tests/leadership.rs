@@ -34,24 +34,14 @@ async fn a_leader_whose_renewals_fail_stops_calling_auth_servers_within_the_leas
     wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
 
     // From now on the apiserver refuses every renewal of that Lease.
-    let policy = format!("refuse-lease-{}", s.ns);
-    apply(&s.client, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": policy},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": ["coordination.k8s.io"], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["leases"]}]},
-                 "validations": [{"expression": "object.metadata.name != 'deadline-test'", "message": "renewal refused by the test"}]}
-    }))
-    .await
-    .unwrap();
-    apply(&s.client, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy},
-        "spec": {"policyName": policy, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}}}
-    }))
-    .await
-    .unwrap();
+    let refusal = Refusal {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        operations: &["UPDATE"],
+        allowed: "object.metadata.name != 'deadline-test'",
+        message: "renewal refused by the test",
+    };
+    let policy = refuse_writes(&s.client, &s.ns, "refuse-lease", &refusal).await;
     let refused_at = Instant::now();
     // The Lease lasts 6 s from its last renewal; the operator must stop before that runs out.
     let stopped = loop {
@@ -66,15 +56,7 @@ async fn a_leader_whose_renewals_fail_stops_calling_auth_servers_within_the_leas
     };
     let probes_at_stop = s.server.count("token").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ok, _, err) = run_tool(
-        "kubectl",
-        &[
-            "delete",
-            "validatingadmissionpolicybinding,validatingadmissionpolicy",
-            &policy,
-        ],
-    );
-    assert!(ok, "{err}");
+    allow_writes(&policy);
     assert!(
         stopped <= Duration::from_secs(8),
         "stopped {stopped:?} after renewals began to fail (lease 6 s, plus a renewal period at most)"

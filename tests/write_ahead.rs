@@ -17,24 +17,15 @@ use smart_operator::devserver::Dialect as DevDialect;
 /// A ValidatingAdmissionPolicy refusing `operations` on the Secret `secret` in the namespace: stands in
 /// for an admission webhook outage, a policy engine or a quota refusing the write.
 async fn refuse_secret_writes(s: &Setup, secret: &str, operations: &[&str]) -> String {
-    let name = format!("refuse-secret-{}", s.ns);
-    apply(&s.client, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": ["secrets"]}]},
-                 "validations": [{"expression": format!("object.metadata.name != '{secret}'"), "message": "refused by the test's admission policy"}]}
-    }))
-    .await
-    .unwrap();
-    apply(&s.client, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}}}
-    }))
-    .await
-    .unwrap();
+    let allowed = format!("object.metadata.name != '{secret}'");
+    let refusal = Refusal {
+        group: "",
+        resource: "secrets",
+        operations,
+        allowed: &allowed,
+        message: "refused by the test's admission policy",
+    };
+    let name = refuse_writes(&s.client, &s.ns, "refuse-secret", &refusal).await;
     // In force once a dry-run write of that Secret is refused.
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
     let probe: Secret =
@@ -68,13 +59,7 @@ async fn refuse_secret_writes(s: &Setup, secret: &str, operations: &[&str]) -> S
 }
 
 async fn allow_secret_writes(name: &str) {
-    for kind in [
-        "validatingadmissionpolicybinding",
-        "validatingadmissionpolicy",
-    ] {
-        let (ok, _, err) = run_tool("kubectl", &["delete", kind, name, "--ignore-not-found"]);
-        assert!(ok, "kubectl delete {kind} {name}: {err}");
-    }
+    allow_writes(name);
 }
 
 fn condition_of(
@@ -243,24 +228,14 @@ async fn secret_labels_and_annotations_that_no_secret_could_carry_are_refused_at
 /// A ValidatingAdmissionPolicy refusing status writes of SmartClients in the namespace: the operator's
 /// status write fails after the Secret write succeeded (review C3, window W2).
 async fn refuse_status_writes(s: &Setup) -> String {
-    let name = format!("refuse-status-{}", s.ns);
-    apply(&s.client, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {"failurePolicy": "Fail",
-                 "matchConstraints": {"resourceRules": [{"apiGroups": ["smart.fhir.dev"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["smartclients/status"]}]},
-                 "validations": [{"expression": "false", "message": "status refused by the test's admission policy"}]}
-    }))
-    .await
-    .unwrap();
-    apply(&s.client, None, json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.ns}}}}
-    }))
-    .await
-    .unwrap();
+    let refusal = Refusal {
+        group: "smart.fhir.dev",
+        resource: "smartclients/status",
+        operations: &["UPDATE"],
+        allowed: "false",
+        message: "status refused by the test's admission policy",
+    };
+    let name = refuse_writes(&s.client, &s.ns, "refuse-status", &refusal).await;
     // In force once a SmartClient's status write is refused.
     create(
         &s.client,

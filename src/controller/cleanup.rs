@@ -3,7 +3,6 @@
 //! auth server.
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
@@ -16,14 +15,14 @@ use super::deletion::{
     DeletionInput, DeletionStep, FailedDelete, OrphanReason, ServerResolution, after_failed_delete,
     deletion_blocked, plan_deletion,
 };
-use super::plan::backoff_delay;
+use super::plan::next_retry;
 use super::reconcile::{
     ABANDON_ANNOTATION, Context, FIELD_MANAGER, ReconcileError, as_client_credentials,
 };
 use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{StoredCredentials, read_credentials, secret_name};
 use crate::authserver::{AuthServer, AuthServerError, Existence};
-use crate::crd::{RetryStatus, SmartClient, condition};
+use crate::crd::{SmartClient, condition};
 
 /// What a finalization step came to.
 pub enum Cleanup {
@@ -224,21 +223,16 @@ async fn record_failure(
     why: &str,
     reason: &str,
 ) -> Result<Cleanup, ReconcileError> {
-    let failures = status
-        .retry
-        .as_ref()
-        .map_or(0, |r| r.failures.max(0) as u32)
-        .saturating_add(1);
-    let delay = backoff_delay(
-        failures,
+    let (retry, delay) = next_retry(
+        status.retry.as_ref(),
         ctx.settings.backoff_base,
         ctx.settings.backoff_cap,
+        None,
+        now,
         rand::random(),
     );
-    status.retry = Some(RetryStatus {
-        failures: failures.min(i32::MAX as u32) as i32,
-        next_attempt_at: Some(Time(now + delay)),
-    });
+    let failures = retry.failures.max(0) as u32;
+    status.retry = Some(retry);
     let blocked = deletion_blocked(failures, ctx.settings.deletion_attempts);
     let already_blocked = status
         .conditions

@@ -7,7 +7,8 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use super::secret::StoredCredentials;
-use crate::crd::{Dialect, SmartClientStatus, condition};
+use crate::crd::{Dialect, RetryStatus, SmartClientStatus, condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Reasons of user errors: nothing is retried until the spec changes.
 pub const USER_ERROR_REASONS: &[&str] = &[
@@ -173,6 +174,30 @@ pub fn backoff_delay(
     raw.mul_f64(0.5 + 0.5 * jitter_fraction.clamp(0.0, 1.0))
 }
 
+/// One more failure after `previous`: the retry record to keep in status (its count and when to try
+/// again) and the delay until then, at least `asked` (a server's `Retry-After`, capped).
+pub fn next_retry(
+    previous: Option<&RetryStatus>,
+    base: Duration,
+    cap: Duration,
+    asked: Option<Duration>,
+    now: Timestamp,
+    jitter_fraction: f64,
+) -> (RetryStatus, Duration) {
+    let failures = previous
+        .map_or(0, |r| r.failures.max(0) as u32)
+        .saturating_add(1);
+    let mut delay = backoff_delay(failures, base, cap, jitter_fraction);
+    if let Some(asked) = asked {
+        delay = delay.max(asked.min(cap));
+    }
+    let retry = RetryStatus {
+        failures: failures.min(i32::MAX as u32) as i32,
+        next_attempt_at: Some(Time(now + delay)),
+    };
+    (retry, delay)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +256,34 @@ mod tests {
             now: now(),
             next_existence_check: now() + Duration::from_secs(600),
         }
+    }
+
+    #[test]
+    fn each_failure_doubles_the_delay_up_to_the_cap_and_retry_after_is_honoured() {
+        let base = Duration::from_secs(2);
+        let cap = Duration::from_secs(60);
+        let (first, delay) = next_retry(None, base, cap, None, now(), 1.0);
+        assert_eq!((first.failures, delay), (1, base));
+        let (second, delay) = next_retry(Some(&first), base, cap, None, now(), 1.0);
+        assert_eq!((second.failures, delay), (2, base * 2));
+        let (_, asked) = next_retry(
+            Some(&second),
+            base,
+            cap,
+            Some(Duration::from_secs(30)),
+            now(),
+            1.0,
+        );
+        assert_eq!(asked, Duration::from_secs(30));
+        let (_, capped) = next_retry(
+            Some(&second),
+            base,
+            cap,
+            Some(Duration::from_secs(600)),
+            now(),
+            1.0,
+        );
+        assert_eq!(capped, cap);
     }
 
     #[test]

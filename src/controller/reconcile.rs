@@ -27,7 +27,8 @@ use super::desired::{
 use super::events::EventQueue;
 use super::observed::ObservedAuthServer;
 use super::plan::{
-    Action, PlanInput, USER_ERROR_REASONS, backoff_delay, plan_next_action, refresh_due_at,
+    Action, PlanInput, USER_ERROR_REASONS, backoff_delay, next_retry, plan_next_action,
+    refresh_due_at,
 };
 use super::resolve::{
     ResolveError, ResolvedServer, http_settings, read_secret_key, resolve_server,
@@ -41,8 +42,7 @@ use crate::authserver::{
     ErrorClass, Existence, HttpClient, HttpSettings, RegisteredClient,
 };
 use crate::crd::{
-    DebugTokenStatus, Dialect, OrphanedClient, RetryStatus, SmartClient, SmartClientStatus,
-    condition,
+    DebugTokenStatus, Dialect, OrphanedClient, SmartClient, SmartClientStatus, condition,
 };
 use crate::leadership::Leadership;
 use crate::telemetry::Metrics;
@@ -797,22 +797,7 @@ impl Run<'_> {
     /// The Secret could not be written. The credentials stay in memory; status says why (the
     /// apiserver's words) and the write is retried with growing backoff, before any remote call.
     async fn record_secret_write_failure(&mut self, error: &kube::Error) -> Requeue {
-        let failures = self
-            .status
-            .retry
-            .as_ref()
-            .map_or(0, |r| r.failures.max(0) as u32)
-            .saturating_add(1);
-        let delay = backoff_delay(
-            failures,
-            self.ctx.settings.backoff_base,
-            self.ctx.settings.backoff_cap,
-            rand::random(),
-        );
-        self.status.retry = Some(RetryStatus {
-            failures: failures.min(i32::MAX as u32) as i32,
-            next_attempt_at: Some(Time(self.now + delay)),
-        });
+        let (delay, failures) = self.record_failure(None);
         let name = secret_name(self.client);
         let reason = match error {
             kube::Error::Api(status) => status.message.clone(),
@@ -1263,25 +1248,7 @@ impl Run<'_> {
         if error.class() == ErrorClass::User {
             return self.record_user_error(reason, message).await;
         }
-        let failures = self
-            .status
-            .retry
-            .as_ref()
-            .map_or(0, |r| r.failures.max(0) as u32)
-            .saturating_add(1);
-        let mut delay = backoff_delay(
-            failures,
-            self.ctx.settings.backoff_base,
-            self.ctx.settings.backoff_cap,
-            rand::random(),
-        );
-        if let Some(asked) = error.retry_after() {
-            delay = delay.max(asked.min(self.ctx.settings.backoff_cap));
-        }
-        self.status.retry = Some(RetryStatus {
-            failures: failures.min(i32::MAX as u32) as i32,
-            next_attempt_at: Some(Time(self.now + delay)),
-        });
+        let (delay, failures) = self.record_failure(error.retry_after());
         let detail = format!(
             "{message} (attempt {failures}, next in {}s)",
             delay.as_secs()
@@ -1289,6 +1256,21 @@ impl Run<'_> {
         self.report_not_ready(reason, detail, message, "Reconcile", false)
             .await;
         Requeue::requeue(delay)
+    }
+
+    /// One more failure in `status.retry`: returns the delay until the next attempt and the count.
+    fn record_failure(&mut self, asked: Option<Duration>) -> (Duration, i32) {
+        let (retry, delay) = next_retry(
+            self.status.retry.as_ref(),
+            self.ctx.settings.backoff_base,
+            self.ctx.settings.backoff_cap,
+            asked,
+            self.now,
+            rand::random(),
+        );
+        let failures = retry.failures;
+        self.status.retry = Some(retry);
+        (delay, failures)
     }
 
     async fn record_user_error(&mut self, reason: &str, message: String) -> Requeue {

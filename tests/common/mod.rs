@@ -273,3 +273,56 @@ pub fn run_tool(program: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// What a test's admission policy refuses: `operations` on `resource` of API `group` ("" for core) in
+/// one namespace, where `allowed` (a CEL expression over `object`) is false.
+pub struct Refusal<'a> {
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub operations: &'a [&'a str],
+    pub allowed: &'a str,
+    pub message: &'a str,
+}
+
+/// Installs a ValidatingAdmissionPolicy and binding for `refusal` in `namespace`: a stand-in for a
+/// webhook outage, a policy engine or a quota refusing writes. Returns the name [`allow_writes`] takes.
+pub async fn refuse_writes(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    refusal: &Refusal<'_>,
+) -> String {
+    let name = format!("{name}-{namespace}");
+    apply(client, None, serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [refusal.group], "apiVersions": ["*"], "operations": refusal.operations, "resources": [refusal.resource]}]},
+                 "validations": [{"expression": refusal.allowed, "message": refusal.message}]}
+    }))
+    .await
+    .unwrap();
+    apply(client, None, serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}
+    }))
+    .await
+    .unwrap();
+    name
+}
+
+/// Removes what [`refuse_writes`] installed.
+pub fn allow_writes(name: &str) {
+    let (ok, _, err) = run_tool(
+        "kubectl",
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            name,
+            "--ignore-not-found",
+        ],
+    );
+    assert!(ok, "kubectl delete the policy {name}: {err}");
+}
