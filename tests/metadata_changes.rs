@@ -68,3 +68,40 @@ async fn rfc7591_contacts_edit_is_one_put() {
     let remote = s.server.clients().await;
     assert_eq!(remote[0]["contacts"], json!(["mailto:team@example.org"]));
 }
+
+/// Review C10: S4SLegacy can neither update a client nor register a fixed `clientId` again, so a
+/// metadata change of such a client cannot be applied; it must say so, not report success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4s_legacy_metadata_change_of_a_fixed_client_id_is_refused_not_reported_as_applied() {
+    let s = setup("meta-fixed", DevDialect::S4sLegacy, &[]).await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"clientId": "fixed-app"})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    patch_spec(
+        &s,
+        "app",
+        json!({"redirectUris": ["https://app.example.org/new-callback"]}),
+    )
+    .await;
+    let refused = wait_for_ready(&s.client, &s.ns, "app", "False", "UnsupportedByDialect").await;
+    let message = refused
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(message.contains("clientId"), "{message}");
+    assert!(
+        !events(&s.client, &s.ns).await.iter().any(|(r, _)| r == "Replaced"),
+        "no Event claims the change was applied"
+    );
+    let remote = s.server.clients().await;
+    assert_eq!(remote.len(), 1);
+}
