@@ -99,7 +99,10 @@ async fn s4s_legacy_metadata_change_of_a_fixed_client_id_is_refused_not_reported
         .message;
     assert!(message.contains("clientId"), "{message}");
     assert!(
-        !events(&s.client, &s.ns).await.iter().any(|(r, _)| r == "Replaced"),
+        !events(&s.client, &s.ns)
+            .await
+            .iter()
+            .any(|(r, _)| r == "Replaced"),
         "no Event claims the change was applied"
     );
     let remote = s.server.clients().await;

@@ -625,6 +625,20 @@ impl Run<'_> {
                 // Status already says why; nothing changes until the time comes or the spec changes.
                 Action::Backoff(after) => return Ok(Requeue::requeue(after)),
                 Action::AwaitSpecChange => return Ok(Requeue::await_change()),
+                // S4SLegacy can neither update a client nor register its fixed id anew: the change
+                // cannot reach the server, and must not be reported as applied (review C10).
+                Action::Replace
+                    if server.dialect() == Dialect::S4sLegacy
+                        && self.client.spec.client_id.is_some() =>
+                {
+                    let message = format!(
+                        "S4SLegacy cannot update client {} and its spec.clientId is fixed, so this metadata change cannot be applied; change spec.clientId to register a new client with it, or revert the change",
+                        self.client.spec.client_id.as_deref().unwrap_or_default()
+                    );
+                    return Ok(self
+                        .record_user_error("UnsupportedByDialect", message)
+                        .await);
+                }
                 Action::Register | Action::ReRegister | Action::Replace => {
                     let auth = auth.as_ref().expect("built above");
                     self.register(auth, &server, &desired, &desired_hash, action)
