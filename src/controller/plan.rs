@@ -155,11 +155,18 @@ pub fn refresh_due_at(
         Duration::try_from(expires_at.duration_since(minted_at)).unwrap_or(Duration::ZERO);
     let jitter = lifetime.mul_f64(0.1 * jitter_fraction.clamp(0.0, 1.0));
     let lead = refresh_before.saturating_add(jitter).min(lifetime);
+    // Never sooner than a tenth of the lifetime (at least a second) after minting: a lead as long as
+    // the lifetime, a server that issues shorter tokens than asked or a server clock far behind would
+    // otherwise mint in a loop (review C11: 21 mints in 10 s).
+    let earliest = minted_at + lifetime.div_f64(10.0).max(MIN_REMINT_INTERVAL);
     expires_at
         .checked_sub(lead)
         .unwrap_or(minted_at)
-        .max(minted_at)
+        .max(earliest)
 }
+
+/// The shortest time between two mints of one debug token.
+pub const MIN_REMINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Exponential backoff with jitter and a cap: `base * 2^(failures-1)`, capped, then scaled by a random
 /// factor in [0.5, 1.0] (jitter_fraction in [0, 1]).
@@ -455,10 +462,20 @@ mod tests {
         let late = refresh_due_at(minted, expires, Duration::from_secs(20), 0.0);
         assert_eq!(late, now() + Duration::from_secs(80));
         assert_eq!(early, now() + Duration::from_secs(70));
-        // refreshBefore longer than the lifetime: renew right away, never before minting.
+        // refreshBefore as long as the lifetime: not at once (a mint loop), a tenth of it later.
         assert_eq!(
             refresh_due_at(minted, expires, Duration::from_secs(500), 0.5),
-            minted
+            minted + Duration::from_secs(10)
+        );
+        // A token that lives 2 s is re-minted a second after minting at the soonest.
+        assert_eq!(
+            refresh_due_at(
+                minted,
+                minted + Duration::from_secs(2),
+                Duration::from_secs(5),
+                1.0
+            ),
+            minted + MIN_REMINT_INTERVAL
         );
     }
 

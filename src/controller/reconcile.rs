@@ -1169,9 +1169,24 @@ impl Run<'_> {
             .credentials
             .clone()
             .expect("plan mints only for known clients");
-        let grant = auth
+        let grant = match auth
             .mint_debug_token(&as_client_credentials(&credentials), &request)
-            .await?;
+            .await
+        {
+            Ok(grant) => grant,
+            Err(e) => {
+                set_condition(
+                    &mut self.status.conditions,
+                    condition::TOKENS_FRESH,
+                    false,
+                    e.reason(),
+                    format!("minting debug token {name} failed: {e}"),
+                    Some(self.generation),
+                    self.now,
+                );
+                return Err(e.into());
+            }
+        };
         let minted_at = Timestamp::now();
         // The server's own word on expiry wins; the requested lifetime is the fallback.
         let expires_at = match auth.introspect(&grant.access_token).await {
@@ -1263,6 +1278,7 @@ impl Run<'_> {
             return self.record_user_error(reason, message).await;
         }
         let (delay, failures) = self.record_failure(error.retry_after());
+        self.flag_expired_tokens();
         let detail = format!(
             "{message} (attempt {failures}, next in {}s)",
             delay.as_secs()
@@ -1270,6 +1286,34 @@ impl Run<'_> {
         self.report_not_ready(reason, detail, message, "Reconcile", false)
             .await;
         Requeue::requeue(delay)
+    }
+
+    /// A debug token past its expiry while the operator cannot re-mint it makes `TokensFresh` False, so
+    /// an alert on it fires (review C11: it stayed True over an expired token).
+    fn flag_expired_tokens(&mut self) {
+        let expired: Vec<&str> = self
+            .status
+            .debug_tokens
+            .iter()
+            .filter(|t| t.expires_at.as_ref().is_some_and(|at| at.0 <= self.now))
+            .map(|t| t.name.as_str())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let message = format!(
+            "debug token(s) {} expired and could not be re-minted yet",
+            expired.join(", ")
+        );
+        set_condition(
+            &mut self.status.conditions,
+            condition::TOKENS_FRESH,
+            false,
+            "TokenExpired",
+            message,
+            Some(self.generation),
+            self.now,
+        );
     }
 
     /// One more failure in `status.retry`: returns the delay until the next attempt and the count.
