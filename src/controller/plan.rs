@@ -64,11 +64,17 @@ pub enum Action {
 /// Decides the next step. Called again after each step until it answers `Wait`.
 pub fn plan_next_action(input: &PlanInput) -> Action {
     let status = input.status;
+    // A backoff belongs to the generation that failed: a spec change is tried at once, so a user's fix
+    // does not wait out the old failure's delay (up to the backoff cap).
+    let backoff_is_current = status
+        .observed_generation
+        .is_none_or(|g| g == input.generation);
     if let Some(at) = status
         .retry
         .as_ref()
         .and_then(|r| r.next_attempt_at.as_ref())
         && at.0 > input.now
+        && backoff_is_current
     {
         return Action::Backoff(until(input.now, at.0));
     }
@@ -291,6 +297,22 @@ mod tests {
             1.0,
         );
         assert_eq!(capped, cap);
+    }
+
+    #[test]
+    fn a_backoff_holds_back_its_own_generation_only() {
+        let mut status = healthy_status();
+        status.observed_generation = Some(1);
+        status.retry = Some(RetryStatus {
+            failures: 3,
+            next_attempt_at: Some(Time(now() + Duration::from_secs(120))),
+        });
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        assert_eq!(plan_next_action(&i), Action::Backoff(Duration::from_secs(120)));
+        i.generation = 2;
+        i.desired_hash = "h2";
+        assert_eq!(plan_next_action(&i), Action::Update);
     }
 
     #[test]
