@@ -393,3 +393,53 @@ async fn an_s4s_legacy_secret_lost_while_the_operator_was_down_is_reported_as_cr
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.server.count("register").await, attempts);
 }
+
+/// Review C7: on a server that re-signs the registration access token on every RFC 7592 GET (older
+/// Keycloak), the existence check of a public client must keep the new token, or the next update and
+/// the deletion fail with a dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_access_token_rotated_by_the_existence_check_is_kept() {
+    let s = setup(
+        "wal-rotate-get",
+        DevDialect::Rfc7591,
+        &["--existence-check-interval", "1s"],
+    )
+    .await;
+    s.server
+        .set_policy(json!({"rotate_token_on_read": true}))
+        .await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"tokenEndpointAuthMethod": "none"})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    eventually(
+        "several existence checks by GET",
+        Duration::from_secs(30),
+        || async { (s.server.count("read").await >= 3).then_some(()) },
+    )
+    .await;
+    patch_spec(&s, "app", json!({"clientName": "renamed after rotations"})).await;
+    eventually(
+        "the update went through",
+        Duration::from_secs(30),
+        || async {
+            let remote = s.server.clients().await;
+            (remote.first()?["client_name"] == "renamed after rotations").then_some(())
+        },
+    )
+    .await;
+    api(&s)
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the registration is deleted",
+        Duration::from_secs(30),
+        || async { s.server.clients().await.is_empty().then_some(()) },
+    )
+    .await;
+}

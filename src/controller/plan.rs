@@ -309,7 +309,10 @@ mod tests {
         });
         let creds = credentials(&[]);
         let mut i = input(&status, Some(&creds));
-        assert_eq!(plan_next_action(&i), Action::Backoff(Duration::from_secs(120)));
+        assert_eq!(
+            plan_next_action(&i),
+            Action::Backoff(Duration::from_secs(120))
+        );
         i.generation = 2;
         i.desired_hash = "h2";
         assert_eq!(plan_next_action(&i), Action::Update);

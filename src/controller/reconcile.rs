@@ -671,7 +671,7 @@ impl Run<'_> {
                 }
                 Action::ProbeExistence => {
                     let auth = auth.as_ref().expect("built above");
-                    self.probe(auth).await?;
+                    self.probe(auth, &server, &desired.scopes).await?;
                 }
                 Action::MintToken(name) => {
                     let auth = auth.as_ref().expect("built above");
@@ -1093,12 +1093,41 @@ impl Run<'_> {
         }
     }
 
-    async fn probe(&mut self, auth: &ObservedAuthServer) -> Result<(), ReconcileError> {
+    async fn probe(
+        &mut self,
+        auth: &ObservedAuthServer,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) -> Result<(), ReconcileError> {
         let credentials = self
             .credentials
             .clone()
             .expect("plan probes only known clients");
-        match auth.probe(&as_client_credentials(&credentials)).await? {
+        // A client that cannot authenticate at the token endpoint (public, or no token endpoint) is
+        // looked up with RFC 7592 GET, whose answer may carry a re-signed registration access token:
+        // it is the only valid one from now on and is kept like any other credential (review C7).
+        let by_management_read = server.dialect() == Dialect::Rfc7591
+            && (credentials.client_secret.is_none() || server.endpoints.token.is_none());
+        let existence = if by_management_read {
+            match auth.read(&as_client_credentials(&credentials)).await {
+                Ok(registered) => {
+                    self.keep_rotated_token(
+                        registered.registration_access_token,
+                        server,
+                        requested,
+                    );
+                    Existence::Exists
+                }
+                // Ambiguous (a stale token or a deleted client): assume it exists rather than register
+                // a duplicate.
+                Err(AuthServerError::RegistrationAccessTokenRejected { .. }) => Existence::Exists,
+                Err(AuthServerError::ClientGone) => Existence::Gone,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            auth.probe(&as_client_credentials(&credentials)).await?
+        };
+        match existence {
             Existence::Exists => {
                 // The server answered and knows the client: an earlier failure's backoff is over
                 // (left in place, it would block a later deletion without an attempt; review C4).
@@ -1113,6 +1142,30 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A registration access token the server rotated goes into the record and the Secret.
+    fn keep_rotated_token(
+        &mut self,
+        token: Option<SecretString>,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) {
+        use secrecy::ExposeSecret;
+        let Some(token) = token else {
+            return;
+        };
+        let Some(record) = self.credentials.as_mut() else {
+            return;
+        };
+        let changed = record
+            .registration_access_token
+            .as_ref()
+            .is_none_or(|held| held.expose_secret() != token.expose_secret());
+        if changed {
+            record.registration_access_token = Some(token);
+            self.persist(server, requested);
+        }
     }
 
     /// The server forgot the client: drop the credentials (keeping status.clientId) so the plan

@@ -454,11 +454,18 @@ async fn read(
 ) -> Result<Response, Refusal> {
     let origin = wire::origin(&headers, &state.fallback_origin);
     let mut store = state.store();
+    let rotate = store.scope_policy.rotate_token_on_read;
     match authorized(&mut store, &client_id, wire::bearer_token(&headers)) {
-        Some(client) => Ok(wire::json_response(
-            StatusCode::OK,
-            &representation(client, &origin),
-        )),
+        Some(client) => {
+            // As older Keycloak releases did: a GET re-signs the token; the old one is dead from now on.
+            if rotate {
+                client.registration_access_token = Some(new_registration_access_token());
+            }
+            Ok(wire::json_response(
+                StatusCode::OK,
+                &representation(client, &origin),
+            ))
+        }
         None => Err(invalid_token(
             "Not authorized to view client. Not valid token or client credentials provided.",
         )),

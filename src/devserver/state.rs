@@ -286,6 +286,10 @@ pub(super) struct ScopePolicy {
     /// no `Location`: RFC 7591 without RFC 7592 management, as many servers run it.
     #[serde(default)]
     pub without_management_api: bool,
+    /// RFC 7592 GET answers with a new registration access token and the old one stops working, as
+    /// older Keycloak releases did.
+    #[serde(default)]
+    pub rotate_token_on_read: bool,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
