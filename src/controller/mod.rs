@@ -4,6 +4,7 @@ pub mod auth_server;
 pub mod cache;
 pub mod cleanup;
 pub mod conditions;
+pub mod context;
 pub mod deletion;
 pub mod desired;
 pub mod events;
@@ -12,5 +13,6 @@ pub mod plan;
 pub mod reconcile;
 pub mod resolve;
 pub mod secret;
+mod steps;
 
-pub use reconcile::{Context, Settings};
+pub use context::{Context, Settings};

@@ -3,49 +3,33 @@
 //! call that could replace or invalidate it (minting a debug token cannot), and always before the status
 //! that announces it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
-use secrecy::SecretString;
+use kube::runtime::events::EventType;
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::cache::Caches;
 use super::cleanup::{Cleanup, cleanup};
 use super::conditions::set_condition;
-use super::desired::{
-    desired_metadata, generate_client_secret, is_applied, metadata_hash, s4s_legacy_client_id,
-};
-use super::events::EventQueue;
+pub use super::context::{Context, Settings};
+use super::desired::{desired_metadata, is_applied, metadata_hash};
 use super::observed::ObservedAuthServer;
 use super::plan::{
     Action, PlanInput, USER_ERROR_REASONS, backoff_delay, next_retry, plan_next_action,
-    refresh_due_at,
 };
-use super::resolve::{
-    ResolveError, ResolvedServer, http_settings, read_secret_key, resolve_server,
-};
+use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{
-    PublicValues, SecretOwnership, StoredCredentials, StoredToken, is_in_sync, read_credentials,
-    render_data, render_secret, secret_name, secret_ownership,
+    PublicValues, SecretOwnership, StoredCredentials, is_in_sync, read_credentials, render_data,
+    render_secret, secret_name, secret_ownership,
 };
-use crate::authserver::{
-    AuthServer, AuthServerClient, AuthServerError, ClientCredentials, DebugTokenRequest,
-    ErrorClass, Existence, HttpClient, HttpSettings, RegisteredClient,
-};
-use crate::crd::{
-    DebugTokenStatus, Dialect, OrphanedClient, SmartClient, SmartClientStatus, condition,
-};
-use crate::leadership::Leadership;
-use crate::telemetry::Metrics;
+use crate::authserver::{AuthServerError, ClientCredentials, ErrorClass};
+use crate::crd::{Dialect, SmartClient, SmartClientStatus, condition};
 
 /// Finalizer that lets the operator delete the remote registration before the object goes.
 /// New SmartClients usually carry it from admission already (see `crd::admission::finalizer_policy`).
@@ -56,284 +40,6 @@ pub const ABANDON_ANNOTATION: &str = "smart.fhir.dev/abandon-registration";
 pub const FIELD_MANAGER: &str = "smart-operator";
 /// How often a SmartClient refused for a Secret it may not write looks again (one GET).
 const SECRET_CONFLICT_RECHECK: Duration = Duration::from_secs(60);
-
-/// Tunables of the SmartClient controller.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub operator_namespace: String,
-    /// How often to check that the auth server still knows each client (S4S servers get wiped).
-    pub existence_check_interval: Duration,
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// Failed cleanup attempts before `DeletionBlocked`.
-    pub deletion_attempts: u32,
-    pub http: HttpSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            operator_namespace: "smart-operator".into(),
-            existence_check_interval: Duration::from_secs(600),
-            backoff_base: Duration::from_secs(2),
-            backoff_cap: Duration::from_secs(300),
-            deletion_attempts: 5,
-            http: HttpSettings::default(),
-        }
-    }
-}
-
-/// What the operator remembers about one SmartClient between reconciles.
-#[derive(Default)]
-struct Memory {
-    credentials: Option<StoredCredentials>,
-    next_existence_check: Option<Timestamp>,
-    /// The last status written, with the generation it describes. The watch cache may hand the next
-    /// reconcile an object from before that write; this keeps the operator from acting twice.
-    written_status: Option<(i64, SmartClientStatus)>,
-}
-
-/// Shared state of the controllers.
-pub struct Context {
-    pub client: Client,
-    pub(super) events: EventQueue,
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
-    pub caches: Caches,
-    pub leadership: Arc<Leadership>,
-    memory: Mutex<HashMap<String, Memory>>,
-    /// Per auth server: the fingerprint it was built for, and the client.
-    http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
-    initial_tokens: Mutex<HashMap<String, CachedToken>>,
-}
-
-/// An initial access token as read from its Secret, and for which server configuration.
-struct CachedToken {
-    fingerprint: String,
-    reference: crate::crd::SecretKeyRef,
-    token: SecretString,
-    read_at: Timestamp,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        recorder: Recorder,
-        settings: Settings,
-        metrics: Arc<Metrics>,
-        caches: Caches,
-        leadership: Arc<Leadership>,
-    ) -> Self {
-        Self {
-            client,
-            events: EventQueue::start(recorder),
-            settings,
-            metrics,
-            caches,
-            leadership,
-            memory: Mutex::default(),
-            http_clients: Mutex::default(),
-            initial_tokens: Mutex::default(),
-        }
-    }
-
-    pub(super) fn remembered(&self, uid: &str) -> Option<StoredCredentials> {
-        self.memory
-            .lock()
-            .ok()?
-            .get(uid)
-            .and_then(|m| m.credentials.clone())
-    }
-
-    fn remember(&self, uid: &str, credentials: Option<StoredCredentials>) {
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.entry(uid.to_owned()).or_default().credentials = credentials;
-        }
-    }
-
-    /// The newest status of this generation: what the operator last wrote, else the object's.
-    pub(super) fn latest_status(&self, client: &SmartClient) -> SmartClientStatus {
-        let uid = client.uid().unwrap_or_default();
-        let generation = client.metadata.generation.unwrap_or_default();
-        self.memory
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&uid).and_then(|m| m.written_status.clone()))
-            .filter(|(written_generation, _)| *written_generation == generation)
-            .map(|(_, status)| status)
-            .unwrap_or_else(|| client.status.clone().unwrap_or_default())
-    }
-
-    /// Whether this operator wrote a status for this generation (which the object may not show yet).
-    fn wrote_status(&self, client: &SmartClient) -> bool {
-        let uid = client.uid().unwrap_or_default();
-        let generation = client.metadata.generation.unwrap_or_default();
-        self.memory.lock().ok().is_some_and(|m| {
-            m.get(&uid)
-                .and_then(|m| m.written_status.as_ref())
-                .is_some_and(|(written, _)| *written == generation)
-        })
-    }
-
-    pub(super) fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.entry(uid.to_owned()).or_default().written_status =
-                Some((generation, status.clone()));
-        }
-    }
-
-    pub(super) fn forget(&self, uid: &str) {
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.remove(uid);
-        }
-    }
-
-    /// When the next existence probe is due; the first one is spread over one interval so a restart
-    /// does not probe every client at once.
-    fn next_existence_check(&self, uid: &str, now: Timestamp) -> Timestamp {
-        let interval = self.settings.existence_check_interval;
-        let Ok(mut memory) = self.memory.lock() else {
-            return now + interval;
-        };
-        *memory
-            .entry(uid.to_owned())
-            .or_default()
-            .next_existence_check
-            .get_or_insert_with(|| now + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>()))
-    }
-
-    fn schedule_existence_check(&self, uid: &str, now: Timestamp) {
-        if let Ok(mut memory) = self.memory.lock() {
-            let jitter = self
-                .settings
-                .existence_check_interval
-                .mul_f64(0.1 * rand::random::<f64>());
-            memory
-                .entry(uid.to_owned())
-                .or_default()
-                .next_existence_check = Some(now + self.settings.existence_check_interval + jitter);
-        }
-    }
-
-    async fn http_client(&self, server: &ResolvedServer) -> Result<HttpClient, ReconcileError> {
-        // One client per auth server, rebuilt when the server resource changes (a new CA, say).
-        let key = server.metric_label();
-        if let Some(http) = self.http_clients.lock().ok().and_then(|c| {
-            c.get(&key)
-                .filter(|(f, _)| *f == server.fingerprint)
-                .map(|(_, h)| h.clone())
-        }) {
-            return Ok(http);
-        }
-        let settings = http_settings(
-            &self.client,
-            &server.spec,
-            &server.secrets_namespace,
-            &self.settings.http,
-        )
-        .await?;
-        let http = HttpClient::new(&settings)?;
-        if let Ok(mut cache) = self.http_clients.lock() {
-            cache.insert(key, (server.fingerprint.clone(), http.clone()));
-        }
-        Ok(http)
-    }
-
-    /// The server's initial access token: read from its Secret once, then reused for every registration
-    /// until the server rejects it (see [`Context::forget_initial_token`]) or the server resource changes.
-    async fn initial_access_token(
-        &self,
-        server: &ResolvedServer,
-        reference: &crate::crd::SecretKeyRef,
-    ) -> Result<SecretString, ReconcileError> {
-        let key = server.metric_label();
-        let cached = self.initial_tokens.lock().ok().and_then(|tokens| {
-            tokens
-                .get(&key)
-                .filter(|t| t.fingerprint == server.fingerprint && t.reference == *reference)
-                .map(|t| t.token.clone())
-        });
-        if let Some(token) = cached {
-            return Ok(token);
-        }
-        let token = read_secret_key(
-            &self.client,
-            &server.secrets_namespace,
-            reference,
-            "the initial access token",
-        )
-        .await?;
-        if let Ok(mut tokens) = self.initial_tokens.lock() {
-            tokens.insert(
-                key,
-                CachedToken {
-                    fingerprint: server.fingerprint.clone(),
-                    reference: reference.clone(),
-                    token: token.clone(),
-                    read_at: Timestamp::now(),
-                },
-            );
-        }
-        Ok(token)
-    }
-
-    /// Drops a server's cached initial access token after the server refused it. True when the token
-    /// was read before `since`, so a fresh read may find a rotated one.
-    fn forget_initial_token(&self, server: &ResolvedServer, since: Timestamp) -> bool {
-        self.initial_tokens
-            .lock()
-            .ok()
-            .and_then(|mut tokens| tokens.remove(&server.metric_label()))
-            .is_some_and(|t| t.read_at < since)
-    }
-
-    pub(super) async fn auth_server(
-        &self,
-        server: &ResolvedServer,
-        with_initial_token: bool,
-    ) -> Result<ObservedAuthServer, ReconcileError> {
-        let http = self.http_client(server).await?;
-        let initial_access_token = match (&server.spec.credentials, with_initial_token) {
-            (Some(credentials), true) => Some(
-                self.initial_access_token(server, &credentials.initial_access_token_secret_ref)
-                    .await?,
-            ),
-            _ => None,
-        };
-        let inner = AuthServerClient::new(
-            server.dialect(),
-            http,
-            &server.endpoints,
-            initial_access_token,
-        )?;
-        Ok(ObservedAuthServer {
-            inner,
-            metrics: self.metrics.clone(),
-            server: server.metric_label(),
-            leadership: self.leadership.clone(),
-        })
-    }
-
-    pub(super) async fn publish(
-        &self,
-        client: &SmartClient,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        // Off the reconcile's path (see `events.rs`): neither a slow apiserver nor a terminating
-        // namespace that refuses Events may hold up a reconcile or its cleanup.
-        self.events.publish(event, client.object_ref(&()));
-    }
-}
 
 /// Errors of one reconcile. Secret values never reach these messages.
 #[derive(Debug, thiserror::Error)]
@@ -446,22 +152,22 @@ pub fn error_policy(
 }
 
 /// One reconcile of a live SmartClient.
-struct Run<'a> {
-    ctx: &'a Context,
-    client: &'a SmartClient,
-    uid: String,
-    generation: i64,
-    now: Timestamp,
-    status: SmartClientStatus,
-    secrets: Api<Secret>,
-    observed_secret: Option<Secret>,
+pub(super) struct Run<'a> {
+    pub(super) ctx: &'a Context,
+    pub(super) client: &'a SmartClient,
+    pub(super) uid: String,
+    pub(super) generation: i64,
+    pub(super) now: Timestamp,
+    pub(super) status: SmartClientStatus,
+    pub(super) secrets: Api<Secret>,
+    pub(super) observed_secret: Option<Secret>,
     /// Whether `observed_secret` is this reconcile's own write (so it is current).
-    secret_written: bool,
+    pub(super) secret_written: bool,
     /// A Secret rendered from new credentials or tokens, not yet written (see [`Run::persist`]).
-    pending_secret: Option<Secret>,
-    credentials: Option<StoredCredentials>,
+    pub(super) pending_secret: Option<Secret>,
+    pub(super) credentials: Option<StoredCredentials>,
     /// Credentials of a client the server forgot (wiped state): S4SLegacy registers the same id again.
-    forgotten: Option<StoredCredentials>,
+    pub(super) forgotten: Option<StoredCredentials>,
 }
 
 async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -513,7 +219,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
 impl Run<'_> {
     /// A failed Secret write ends the reconcile: status (with the client id the server handed out) is
     /// still written, so the failure is visible and the id is on record twice.
-    async fn report_secret_write_failure(
+    pub(super) async fn report_secret_write_failure(
         &mut self,
         error: &kube::Error,
     ) -> Result<Requeue, ReconcileError> {
@@ -522,7 +228,7 @@ impl Run<'_> {
         Ok(requeue)
     }
 
-    async fn drive(&mut self) -> Result<Requeue, ReconcileError> {
+    pub(super) async fn drive(&mut self) -> Result<Requeue, ReconcileError> {
         let desired = match desired_metadata(self.client) {
             Ok(desired) => desired,
             Err(e) => return Ok(self.record_user_error("InvalidSpec", e.to_string()).await),
@@ -688,7 +394,7 @@ impl Run<'_> {
     /// status, and its ownerReference uid proves it is this SmartClient's. Read once, it seeds memory,
     /// so a Secret deleted later is restored rather than registered again, and status is brought in
     /// line with it (review C3).
-    fn take_credentials(&mut self, token_names: &[String]) {
+    pub(super) fn take_credentials(&mut self, token_names: &[String]) {
         self.credentials = self.ctx.remembered(&self.uid).or_else(|| {
             let recovered =
                 read_credentials(self.observed_secret.as_ref()?, self.client, token_names)?;
@@ -711,7 +417,7 @@ impl Run<'_> {
     /// A hash recorded by an earlier release for the metadata the spec still asks for is rewritten in
     /// the current format (one Secret write, no remote call), so an upgrade updates or replaces
     /// nothing.
-    fn record_hashes_in_current_format(
+    pub(super) fn record_hashes_in_current_format(
         &mut self,
         desired: &crate::authserver::ClientMetadata,
         dialect: Dialect,
@@ -731,7 +437,7 @@ impl Run<'_> {
         }
     }
 
-    fn debug_token_names(&self, dialect: Dialect) -> Vec<String> {
+    pub(super) fn debug_token_names(&self, dialect: Dialect) -> Vec<String> {
         if !dialect.mints_debug_tokens() {
             return Vec::new();
         }
@@ -744,7 +450,11 @@ impl Run<'_> {
             .collect()
     }
 
-    fn public_values(&self, server: &ResolvedServer, requested: &[String]) -> PublicValues {
+    pub(super) fn public_values(
+        &self,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) -> PublicValues {
         let scopes = if self.status.granted_scopes.is_empty() {
             requested.to_vec()
         } else {
@@ -761,7 +471,7 @@ impl Run<'_> {
     /// call that could replace or invalidate the credentials, and before the status at the end, so an
     /// app that sees Ready finds them. Minting a debug token changes no credential, so a new client's
     /// Secret and its first token go out in one write.
-    fn persist(&mut self, server: &ResolvedServer, requested: &[String]) {
+    pub(super) fn persist(&mut self, server: &ResolvedServer, requested: &[String]) {
         let Some(credentials) = &self.credentials else {
             return;
         };
@@ -789,7 +499,7 @@ impl Run<'_> {
     /// Writes the staged Secret. Memory takes the credentials first: it is the write-ahead record, so a
     /// write the apiserver refuses (or a crash after the server answered) loses nothing; the next
     /// reconcile writes the Secret again from memory instead of registering again (review C1/C2).
-    async fn flush(&mut self) -> Result<(), ReconcileError> {
+    pub(super) async fn flush(&mut self) -> Result<(), ReconcileError> {
         let Some(secret) = self.pending_secret.take() else {
             return Ok(());
         };
@@ -810,7 +520,7 @@ impl Run<'_> {
 
     /// The Secret could not be written. The credentials stay in memory; status says why (the
     /// apiserver's words) and the write is retried with growing backoff, before any remote call.
-    async fn record_secret_write_failure(&mut self, error: &kube::Error) -> Requeue {
+    pub(super) async fn record_secret_write_failure(&mut self, error: &kube::Error) -> Requeue {
         let (delay, failures) = self.record_failure(None);
         let name = secret_name(self.client);
         let reason = match error {
@@ -842,438 +552,7 @@ impl Run<'_> {
         Requeue::requeue(delay)
     }
 
-    async fn register(
-        &mut self,
-        auth: &ObservedAuthServer,
-        server: &ResolvedServer,
-        desired: &crate::authserver::ClientMetadata,
-        desired_hash: &str,
-        action: Action,
-    ) -> Result<(), ReconcileError> {
-        let previous_client_id = self.status.client_id.clone();
-        // S4SLegacy: the caller chooses the id and secret. Persist them before posting, so a crash between
-        // the two cannot lose a registered secret.
-        let chosen = if server.dialect() == Dialect::S4sLegacy {
-            let mut client_id = s4s_legacy_client_id(self.client);
-            if action == Action::Replace && self.client.spec.client_id.is_none() {
-                let hex = desired_hash.rsplit('-').next().unwrap_or(desired_hash);
-                client_id = format!("{client_id}.{}", &hex[..8.min(hex.len())]);
-            }
-            // A choice persisted earlier but never confirmed (a crash or a failure after it was
-            // written) is posted again as it is: the server may hold it already.
-            let unconfirmed = self.credentials.as_ref().filter(|c| c.registration_pending);
-            if let Some(earlier) = unconfirmed {
-                client_id = earlier.client_id.clone();
-            }
-            // A server that lost its state gets the same id and secret back, so mounted credentials
-            // keep working: the forgotten credentials count as ours.
-            let reuse = self
-                .credentials
-                .as_ref()
-                .or(self.forgotten.as_ref())
-                .filter(|c| c.client_id == client_id)
-                .and_then(|c| c.client_secret.clone());
-            let chosen = StoredCredentials {
-                client_id,
-                client_secret: Some(reuse.unwrap_or_else(generate_client_secret)),
-                registration_access_token: None,
-                registration_client_uri: None,
-                tokens: Default::default(),
-                // Not registered yet: no metadata is applied until the server says so.
-                applied_metadata_hash: None,
-                registration_pending: true,
-            };
-            self.credentials = Some(chosen.clone());
-            self.persist(server, &desired.scopes);
-            self.flush().await?;
-            Some(as_client_credentials(&chosen))
-        } else {
-            None
-        };
-        let registered = match auth.register(desired, chosen.as_ref()).await {
-            // The server created a client whose answer cannot be used: record it, never retry.
-            Err(AuthServerError::RegisteredButUnreadable {
-                endpoint,
-                client_id: Some(client_id),
-                detail,
-            }) => {
-                self.record_orphan(&client_id, "AnswerUnreadable");
-                return Err(AuthServerError::RegisteredButUnreadable {
-                    endpoint,
-                    client_id: Some(client_id),
-                    detail,
-                }
-                .into());
-            }
-            // The token may have been rotated or topped up in its Secret since it was cached: try once
-            // more with a fresh read before reporting the error.
-            Err(e)
-                if e.class() == ErrorClass::Credential
-                    && self.ctx.forget_initial_token(server, self.now) =>
-            {
-                let fresh = self.ctx.auth_server(server, true).await?;
-                fresh.register(desired, chosen.as_ref()).await?
-            }
-            other => other?,
-        };
-        self.accept_registration(registered, server, desired_hash);
-        self.persist(server, &desired.scopes);
-        self.status.retry = None;
-        self.ctx.schedule_existence_check(&self.uid, self.now);
-        let client_id = self.status.client_id.clone().unwrap_or_default();
-        let (reason, note) = match action {
-            Action::Replace => {
-                if let Some(old) = previous_client_id.filter(|old| *old != client_id) {
-                    self.record_orphan(&old, "Replaced");
-                }
-                let why = match server.dialect() {
-                    Dialect::Rfc7591 => "the auth server offers no RFC 7592 management".to_owned(),
-                    dialect => format!("{dialect} cannot update clients"),
-                };
-                (
-                    "Replaced",
-                    format!(
-                        "{why}: registered {client_id} with the new metadata; the previous client is orphaned on the server"
-                    ),
-                )
-            }
-            Action::ReRegister => (
-                "ReRegistered",
-                format!(
-                    "the auth server no longer knew the client (or its credentials were lost): registered again as {client_id}"
-                ),
-            ),
-            _ => (
-                "Registered",
-                format!(
-                    "registered with {} {} as {client_id}",
-                    server.kind, server.name
-                ),
-            ),
-        };
-        info!(client = %self.client.name_any(), %client_id, reason, "registration accepted");
-        self.ctx
-            .publish(self.client, EventType::Normal, reason, "Register", note)
-            .await;
-        Ok(())
-    }
-
-    /// Lists a client left on the server in `status.orphanedClients` (once per client id).
-    fn record_orphan(&mut self, client_id: &str, reason: &str) {
-        info!(client = %self.client.name_any(), %client_id, reason, "registration orphaned");
-        let orphans = &mut self.status.orphaned_clients;
-        if orphans.iter().all(|o| o.client_id != client_id) {
-            orphans.push(OrphanedClient {
-                client_id: client_id.to_owned(),
-                reason: reason.into(),
-                since: Time(self.now),
-            });
-            orphans.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        }
-    }
-
-    /// Takes in a fresh registration: credentials into memory (persisted by the caller), facts into status.
-    fn accept_registration(
-        &mut self,
-        registered: RegisteredClient,
-        server: &ResolvedServer,
-        desired_hash: &str,
-    ) {
-        let keep_tokens = self
-            .credentials
-            .as_ref()
-            .filter(|c| c.client_id == registered.client_id)
-            .map(|c| c.tokens.clone());
-        if keep_tokens.is_none() {
-            // Tokens belong to a client id; a new client needs new ones.
-            self.status.debug_tokens.clear();
-        }
-        let RegisteredClient {
-            client_id,
-            client_secret,
-            registration_access_token,
-            registration_client_uri,
-            client_id_issued_at,
-            granted_scopes,
-        } = registered;
-        // Servers answer updates with less than registrations (Keycloak sends client_id_issued_at only
-        // on create; some servers omit an unchanged token): keep what the answer does not replace.
-        let previous = self.credentials.take().filter(|p| p.client_id == client_id);
-        let registration_client_uri = registration_client_uri.or_else(|| {
-            previous
-                .as_ref()
-                .and_then(|p| p.registration_client_uri.clone())
-        });
-        self.credentials = Some(StoredCredentials {
-            client_id: client_id.clone(),
-            client_secret: client_secret
-                .or_else(|| previous.as_ref().and_then(|p| p.client_secret.clone())),
-            registration_access_token: registration_access_token.or_else(|| {
-                previous
-                    .as_ref()
-                    .and_then(|p| p.registration_access_token.clone())
-            }),
-            registration_client_uri: registration_client_uri.clone(),
-            tokens: keep_tokens.unwrap_or_default(),
-            applied_metadata_hash: Some(desired_hash.to_owned()),
-            registration_pending: false,
-        });
-        let same_client = previous.is_some();
-        self.status.client_id = Some(client_id);
-        self.status.registration_client_uri = registration_client_uri;
-        let issued_at = client_id_issued_at
-            .and_then(|s| Timestamp::from_second(s).ok())
-            .map(Time);
-        if issued_at.is_some() || !same_client {
-            self.status.client_id_issued_at = issued_at;
-        }
-        if let Some(granted) = granted_scopes {
-            self.status.granted_scopes = granted;
-        } else if !same_client {
-            self.status.granted_scopes.clear();
-        }
-        self.status.applied_metadata_hash = Some(desired_hash.to_owned());
-        set_condition(
-            &mut self.status.conditions,
-            condition::REGISTERED,
-            true,
-            "Registered",
-            format!("registered with {} {}", server.kind, server.name),
-            Some(self.generation),
-            self.now,
-        );
-    }
-
-    async fn update(
-        &mut self,
-        auth: &ObservedAuthServer,
-        server: &ResolvedServer,
-        desired: &crate::authserver::ClientMetadata,
-        desired_hash: &str,
-    ) -> Result<(), ReconcileError> {
-        let credentials = self
-            .credentials
-            .clone()
-            .expect("plan updates only known clients");
-        match auth
-            .update(&as_client_credentials(&credentials), desired)
-            .await
-        {
-            Ok(updated) => {
-                self.accept_registration(updated, server, desired_hash);
-                self.persist(server, &desired.scopes);
-                self.status.retry = None;
-                self.ctx
-                    .publish(
-                        self.client,
-                        EventType::Normal,
-                        "Updated",
-                        "Update",
-                        "the registration's metadata was updated (RFC 7592)".into(),
-                    )
-                    .await;
-                Ok(())
-            }
-            Err(AuthServerError::ClientGone) => {
-                self.lose_registration("ClientGone");
-                Ok(())
-            }
-            Err(AuthServerError::RegistrationAccessTokenRejected { status }) => {
-                match auth.probe(&as_client_credentials(&credentials)).await? {
-                    Existence::Gone => {
-                        self.lose_registration("ClientGone");
-                        Ok(())
-                    }
-                    Existence::Exists => {
-                        Err(AuthServerError::RegistrationAccessTokenRejected { status }.into())
-                    }
-                }
-            }
-            Err(other) => Err(other.into()),
-        }
-    }
-
-    async fn probe(
-        &mut self,
-        auth: &ObservedAuthServer,
-        server: &ResolvedServer,
-        requested: &[String],
-    ) -> Result<(), ReconcileError> {
-        let credentials = self
-            .credentials
-            .clone()
-            .expect("plan probes only known clients");
-        // A client that cannot authenticate at the token endpoint (public, or no token endpoint) is
-        // looked up with RFC 7592 GET, whose answer may carry a re-signed registration access token:
-        // it is the only valid one from now on and is kept like any other credential (review C7).
-        let by_management_read = server.dialect() == Dialect::Rfc7591
-            && (credentials.client_secret.is_none() || server.endpoints.token.is_none());
-        let existence = if by_management_read {
-            match auth.read(&as_client_credentials(&credentials)).await {
-                Ok(registered) => {
-                    self.keep_rotated_token(
-                        registered.registration_access_token,
-                        server,
-                        requested,
-                    );
-                    Existence::Exists
-                }
-                // Ambiguous (a stale token or a deleted client): assume it exists rather than register
-                // a duplicate.
-                Err(AuthServerError::RegistrationAccessTokenRejected { .. }) => Existence::Exists,
-                Err(AuthServerError::ClientGone) => Existence::Gone,
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            auth.probe(&as_client_credentials(&credentials)).await?
-        };
-        match existence {
-            Existence::Exists => {
-                // The server answered and knows the client: an earlier failure's backoff is over
-                // (left in place, it would block a later deletion without an attempt; review C4).
-                self.status.retry = None;
-                self.ctx.schedule_existence_check(&self.uid, self.now);
-            }
-            Existence::Gone => {
-                self.ctx
-                    .publish(self.client, EventType::Warning, "ClientGone", "Probe", "the auth server no longer knows this client (its state was wiped?); registering again".into())
-                    .await;
-                self.lose_registration("ClientGone");
-            }
-        }
-        Ok(())
-    }
-
-    /// A registration access token the server rotated goes into the record and the Secret.
-    fn keep_rotated_token(
-        &mut self,
-        token: Option<SecretString>,
-        server: &ResolvedServer,
-        requested: &[String],
-    ) {
-        use secrecy::ExposeSecret;
-        let Some(token) = token else {
-            return;
-        };
-        let Some(record) = self.credentials.as_mut() else {
-            return;
-        };
-        let changed = record
-            .registration_access_token
-            .as_ref()
-            .is_none_or(|held| held.expose_secret() != token.expose_secret());
-        if changed {
-            record.registration_access_token = Some(token);
-            self.persist(server, requested);
-        }
-    }
-
-    /// The server forgot the client: drop the credentials (keeping status.clientId) so the plan
-    /// re-registers.
-    fn lose_registration(&mut self, reason: &str) {
-        self.forgotten = self.credentials.take();
-        self.ctx.remember(&self.uid, None);
-        set_condition(
-            &mut self.status.conditions,
-            condition::REGISTERED,
-            false,
-            reason,
-            "the auth server no longer knows this client",
-            Some(self.generation),
-            self.now,
-        );
-    }
-
-    async fn mint(
-        &mut self,
-        auth: &ObservedAuthServer,
-        server: &ResolvedServer,
-        scopes: &[String],
-        name: &str,
-    ) -> Result<(), ReconcileError> {
-        let spec = self
-            .client
-            .spec
-            .debug_tokens
-            .iter()
-            .flatten()
-            .find(|t| t.name == name)
-            .cloned()
-            .expect("plan mints only spec tokens");
-        let lifetime = spec
-            .lifetime
-            .map(Duration::from)
-            .unwrap_or(Duration::from_secs(3600));
-        let refresh_before = spec
-            .refresh_before
-            .map(Duration::from)
-            .unwrap_or(lifetime / 5);
-        let request = DebugTokenRequest {
-            user: spec.user.clone(),
-            patient_id: spec.patient_id.clone(),
-            scopes: spec
-                .scopes
-                .as_ref()
-                .map(|s| s.iter().map(|s| s.0.clone()).collect())
-                .unwrap_or_else(|| scopes.to_vec()),
-            lifetime,
-        };
-        let credentials = self
-            .credentials
-            .clone()
-            .expect("plan mints only for known clients");
-        let grant = match auth
-            .mint_debug_token(&as_client_credentials(&credentials), &request)
-            .await
-        {
-            Ok(grant) => grant,
-            Err(e) => {
-                set_condition(
-                    &mut self.status.conditions,
-                    condition::TOKENS_FRESH,
-                    false,
-                    e.reason(),
-                    format!("minting debug token {name} failed: {e}"),
-                    Some(self.generation),
-                    self.now,
-                );
-                return Err(e.into());
-            }
-        };
-        let minted_at = Timestamp::now();
-        // The server's own word on expiry wins; the requested lifetime is the fallback.
-        let expires_at = match auth.introspect(&grant.access_token).await {
-            Ok(info) => info.expires_at.and_then(|t| Timestamp::try_from(t).ok()),
-            Err(e) if e.is_retryable() => return Err(e.into()),
-            Err(_) => None,
-        }
-        .unwrap_or(minted_at + lifetime);
-        let next_refresh_at = refresh_due_at(minted_at, expires_at, refresh_before, rand::random());
-        if let Some(credentials) = self.credentials.as_mut() {
-            credentials.tokens.insert(
-                name.to_owned(),
-                StoredToken {
-                    access_token: grant.access_token,
-                    refresh_token: grant.refresh_token,
-                    expires_at: Some(expires_at.to_string()),
-                },
-            );
-        }
-        self.persist(server, scopes);
-        let entry = DebugTokenStatus {
-            name: name.to_owned(),
-            expires_at: Some(Time(expires_at)),
-            next_refresh_at: Some(Time(next_refresh_at)),
-        };
-        self.status.debug_tokens.retain(|t| t.name != name);
-        self.status.debug_tokens.push(entry);
-        self.status.debug_tokens.sort_by(|a, b| a.name.cmp(&b.name));
-        self.status.retry = None;
-        info!(client = %self.client.name_any(), token = name, %expires_at, %next_refresh_at, "debug token minted");
-        Ok(())
-    }
-
-    fn mark_ready(&mut self, server: &ResolvedServer) {
+    pub(super) fn mark_ready(&mut self, server: &ResolvedServer) {
         // Healthy: whatever failed before (a Secret write, a probe) has been done since, so no backoff
         // is left to delay or block what comes next (a deletion, say).
         self.status.retry = None;
@@ -1324,7 +603,7 @@ impl Run<'_> {
         self.status.observed_generation = Some(self.generation);
     }
 
-    async fn record_auth_server_error(&mut self, error: &AuthServerError) -> Requeue {
+    pub(super) async fn record_auth_server_error(&mut self, error: &AuthServerError) -> Requeue {
         let reason = error.reason();
         let message = error.to_string();
         if error.class() == ErrorClass::User {
@@ -1343,7 +622,7 @@ impl Run<'_> {
 
     /// A debug token past its expiry while the operator cannot re-mint it makes `TokensFresh` False, so
     /// an alert on it fires (review C11: it stayed True over an expired token).
-    fn flag_expired_tokens(&mut self) {
+    pub(super) fn flag_expired_tokens(&mut self) {
         let expired: Vec<&str> = self
             .status
             .debug_tokens
@@ -1370,7 +649,7 @@ impl Run<'_> {
     }
 
     /// One more failure in `status.retry`: returns the delay until the next attempt and the count.
-    fn record_failure(&mut self, asked: Option<Duration>) -> (Duration, i32) {
+    pub(super) fn record_failure(&mut self, asked: Option<Duration>) -> (Duration, i32) {
         let (retry, delay) = next_retry(
             self.status.retry.as_ref(),
             self.ctx.settings.backoff_base,
@@ -1384,7 +663,7 @@ impl Run<'_> {
         (delay, failures)
     }
 
-    async fn record_user_error(&mut self, reason: &str, message: String) -> Requeue {
+    pub(super) async fn record_user_error(&mut self, reason: &str, message: String) -> Requeue {
         // Never a panic (a debug build's assert here ended the process: review C14): an unexpected
         // reason is logged and reported as InvalidSpec.
         let reason = if USER_ERROR_REASONS.contains(&reason) {
@@ -1402,7 +681,7 @@ impl Run<'_> {
 
     /// The Secret the spec names is not the operator's to write: refuse, and look again now and then
     /// (the Secret may be deleted or renamed; the operator watches only its own Secrets).
-    async fn record_secret_conflict(&mut self, message: String) -> Requeue {
+    pub(super) async fn record_secret_conflict(&mut self, message: String) -> Requeue {
         self.status.retry = None;
         self.report_not_ready(
             "SecretConflict",
@@ -1424,7 +703,7 @@ impl Run<'_> {
         Requeue::requeue(SECRET_CONFLICT_RECHECK)
     }
 
-    async fn record_not_usable(&mut self, reason: &str, message: String) -> Requeue {
+    pub(super) async fn record_not_usable(&mut self, reason: &str, message: String) -> Requeue {
         self.report_not_ready(reason, message.clone(), message, "Resolve", false)
             .await;
         // Auth server changes trigger a reconcile through the watch; this is only a safety net.
@@ -1433,7 +712,7 @@ impl Run<'_> {
 
     /// Sets `Ready=False` and publishes a Warning Event when the reason is new (for this generation, if
     /// `per_generation`), so a failure repeated by backoff does not flood Events.
-    async fn report_not_ready(
+    pub(super) async fn report_not_ready(
         &mut self,
         reason: &str,
         message: String,
@@ -1465,7 +744,7 @@ impl Run<'_> {
     }
 
     /// Writes status by server-side apply, only when it changed.
-    async fn write_status(&self) -> Result<(), ReconcileError> {
+    pub(super) async fn write_status(&self) -> Result<(), ReconcileError> {
         let known = self.client.status.is_some() || self.ctx.wrote_status(self.client);
         if known && self.ctx.latest_status(self.client) == self.status {
             return Ok(());

@@ -1,0 +1,304 @@
+//! What every SmartClient reconcile shares: the settings, the memory of credentials and written
+//! status (the write-ahead record between reconciles), the auth-server clients and initial access tokens
+//! cached per server, and the Event queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use secrecy::SecretString;
+
+use super::cache::Caches;
+use super::events::EventQueue;
+use super::observed::ObservedAuthServer;
+use super::reconcile::ReconcileError;
+use super::resolve::{ResolvedServer, http_settings, read_secret_key};
+use super::secret::StoredCredentials;
+use crate::authserver::{AuthServerClient, HttpClient, HttpSettings};
+use crate::crd::{SmartClient, SmartClientStatus};
+use crate::leadership::Leadership;
+use crate::telemetry::Metrics;
+
+/// Tunables of the SmartClient controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub operator_namespace: String,
+    /// How often to check that the auth server still knows each client (S4S servers get wiped).
+    pub existence_check_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Failed cleanup attempts before `DeletionBlocked`.
+    pub deletion_attempts: u32,
+    pub http: HttpSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            operator_namespace: "smart-operator".into(),
+            existence_check_interval: Duration::from_secs(600),
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(300),
+            deletion_attempts: 5,
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+/// What the operator remembers about one SmartClient between reconciles.
+#[derive(Default)]
+struct Memory {
+    credentials: Option<StoredCredentials>,
+    next_existence_check: Option<Timestamp>,
+    /// The last status written, with the generation it describes. The watch cache may hand the next
+    /// reconcile an object from before that write; this keeps the operator from acting twice.
+    written_status: Option<(i64, SmartClientStatus)>,
+}
+
+/// Shared state of the controllers.
+pub struct Context {
+    pub client: Client,
+    pub(super) events: EventQueue,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub caches: Caches,
+    pub leadership: Arc<Leadership>,
+    memory: Mutex<HashMap<String, Memory>>,
+    /// Per auth server: the fingerprint it was built for, and the client.
+    http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
+    initial_tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+/// An initial access token as read from its Secret, and for which server configuration.
+struct CachedToken {
+    fingerprint: String,
+    reference: crate::crd::SecretKeyRef,
+    token: SecretString,
+    read_at: Timestamp,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        leadership: Arc<Leadership>,
+    ) -> Self {
+        Self {
+            client,
+            events: EventQueue::start(recorder),
+            settings,
+            metrics,
+            caches,
+            leadership,
+            memory: Mutex::default(),
+            http_clients: Mutex::default(),
+            initial_tokens: Mutex::default(),
+        }
+    }
+
+    pub(super) fn remembered(&self, uid: &str) -> Option<StoredCredentials> {
+        self.memory
+            .lock()
+            .ok()?
+            .get(uid)
+            .and_then(|m| m.credentials.clone())
+    }
+
+    pub(super) fn remember(&self, uid: &str, credentials: Option<StoredCredentials>) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.entry(uid.to_owned()).or_default().credentials = credentials;
+        }
+    }
+
+    /// The newest status of this generation: what the operator last wrote, else the object's.
+    pub(super) fn latest_status(&self, client: &SmartClient) -> SmartClientStatus {
+        let uid = client.uid().unwrap_or_default();
+        let generation = client.metadata.generation.unwrap_or_default();
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&uid).and_then(|m| m.written_status.clone()))
+            .filter(|(written_generation, _)| *written_generation == generation)
+            .map(|(_, status)| status)
+            .unwrap_or_else(|| client.status.clone().unwrap_or_default())
+    }
+
+    /// Whether this operator wrote a status for this generation (which the object may not show yet).
+    pub(super) fn wrote_status(&self, client: &SmartClient) -> bool {
+        let uid = client.uid().unwrap_or_default();
+        let generation = client.metadata.generation.unwrap_or_default();
+        self.memory.lock().ok().is_some_and(|m| {
+            m.get(&uid)
+                .and_then(|m| m.written_status.as_ref())
+                .is_some_and(|(written, _)| *written == generation)
+        })
+    }
+
+    pub(super) fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.entry(uid.to_owned()).or_default().written_status =
+                Some((generation, status.clone()));
+        }
+    }
+
+    pub(super) fn forget(&self, uid: &str) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory.remove(uid);
+        }
+    }
+
+    /// When the next existence probe is due; the first one is spread over one interval so a restart
+    /// does not probe every client at once.
+    pub(super) fn next_existence_check(&self, uid: &str, now: Timestamp) -> Timestamp {
+        let interval = self.settings.existence_check_interval;
+        let Ok(mut memory) = self.memory.lock() else {
+            return now + interval;
+        };
+        *memory
+            .entry(uid.to_owned())
+            .or_default()
+            .next_existence_check
+            .get_or_insert_with(|| now + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>()))
+    }
+
+    pub(super) fn schedule_existence_check(&self, uid: &str, now: Timestamp) {
+        if let Ok(mut memory) = self.memory.lock() {
+            let jitter = self
+                .settings
+                .existence_check_interval
+                .mul_f64(0.1 * rand::random::<f64>());
+            memory
+                .entry(uid.to_owned())
+                .or_default()
+                .next_existence_check = Some(now + self.settings.existence_check_interval + jitter);
+        }
+    }
+
+    pub(super) async fn http_client(
+        &self,
+        server: &ResolvedServer,
+    ) -> Result<HttpClient, ReconcileError> {
+        // One client per auth server, rebuilt when the server resource changes (a new CA, say).
+        let key = server.metric_label();
+        if let Some(http) = self.http_clients.lock().ok().and_then(|c| {
+            c.get(&key)
+                .filter(|(f, _)| *f == server.fingerprint)
+                .map(|(_, h)| h.clone())
+        }) {
+            return Ok(http);
+        }
+        let settings = http_settings(
+            &self.client,
+            &server.spec,
+            &server.secrets_namespace,
+            &self.settings.http,
+        )
+        .await?;
+        let http = HttpClient::new(&settings)?;
+        if let Ok(mut cache) = self.http_clients.lock() {
+            cache.insert(key, (server.fingerprint.clone(), http.clone()));
+        }
+        Ok(http)
+    }
+
+    /// The server's initial access token: read from its Secret once, then reused for every registration
+    /// until the server rejects it (see [`Context::forget_initial_token`]) or the server resource changes.
+    pub(super) async fn initial_access_token(
+        &self,
+        server: &ResolvedServer,
+        reference: &crate::crd::SecretKeyRef,
+    ) -> Result<SecretString, ReconcileError> {
+        let key = server.metric_label();
+        let cached = self.initial_tokens.lock().ok().and_then(|tokens| {
+            tokens
+                .get(&key)
+                .filter(|t| t.fingerprint == server.fingerprint && t.reference == *reference)
+                .map(|t| t.token.clone())
+        });
+        if let Some(token) = cached {
+            return Ok(token);
+        }
+        let token = read_secret_key(
+            &self.client,
+            &server.secrets_namespace,
+            reference,
+            "the initial access token",
+        )
+        .await?;
+        if let Ok(mut tokens) = self.initial_tokens.lock() {
+            tokens.insert(
+                key,
+                CachedToken {
+                    fingerprint: server.fingerprint.clone(),
+                    reference: reference.clone(),
+                    token: token.clone(),
+                    read_at: Timestamp::now(),
+                },
+            );
+        }
+        Ok(token)
+    }
+
+    /// Drops a server's cached initial access token after the server refused it. True when the token
+    /// was read before `since`, so a fresh read may find a rotated one.
+    pub(super) fn forget_initial_token(&self, server: &ResolvedServer, since: Timestamp) -> bool {
+        self.initial_tokens
+            .lock()
+            .ok()
+            .and_then(|mut tokens| tokens.remove(&server.metric_label()))
+            .is_some_and(|t| t.read_at < since)
+    }
+
+    pub(super) async fn auth_server(
+        &self,
+        server: &ResolvedServer,
+        with_initial_token: bool,
+    ) -> Result<ObservedAuthServer, ReconcileError> {
+        let http = self.http_client(server).await?;
+        let initial_access_token = match (&server.spec.credentials, with_initial_token) {
+            (Some(credentials), true) => Some(
+                self.initial_access_token(server, &credentials.initial_access_token_secret_ref)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let inner = AuthServerClient::new(
+            server.dialect(),
+            http,
+            &server.endpoints,
+            initial_access_token,
+        )?;
+        Ok(ObservedAuthServer {
+            inner,
+            metrics: self.metrics.clone(),
+            server: server.metric_label(),
+            leadership: self.leadership.clone(),
+        })
+    }
+
+    pub(super) async fn publish(
+        &self,
+        client: &SmartClient,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        // Off the reconcile's path (see `events.rs`): neither a slow apiserver nor a terminating
+        // namespace that refuses Events may hold up a reconcile or its cleanup.
+        self.events.publish(event, client.object_ref(&()));
+    }
+}

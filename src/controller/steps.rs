@@ -1,0 +1,456 @@
+//! The remote steps of a live SmartClient's reconcile, each one action of the plan: register (or
+//! replace), update, check existence, mint a debug token. Each takes in what the server answered into
+//! the record and stages the Secret; the loop in `reconcile.rs` writes it before the next remote call.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use secrecy::SecretString;
+use std::time::Duration;
+use tracing::info;
+
+use super::conditions::set_condition;
+use super::desired::{generate_client_secret, s4s_legacy_client_id};
+use super::observed::ObservedAuthServer;
+use super::plan::{Action, refresh_due_at};
+use super::reconcile::{ReconcileError, Run, as_client_credentials};
+use super::resolve::ResolvedServer;
+use super::secret::{StoredCredentials, StoredToken};
+use crate::authserver::{
+    AuthServer, AuthServerError, DebugTokenRequest, ErrorClass, Existence, RegisteredClient,
+};
+use crate::crd::{DebugTokenStatus, Dialect, OrphanedClient, condition};
+
+impl Run<'_> {
+    pub(super) async fn register(
+        &mut self,
+        auth: &ObservedAuthServer,
+        server: &ResolvedServer,
+        desired: &crate::authserver::ClientMetadata,
+        desired_hash: &str,
+        action: Action,
+    ) -> Result<(), ReconcileError> {
+        let previous_client_id = self.status.client_id.clone();
+        // S4SLegacy: the caller chooses the id and secret. Persist them before posting, so a crash between
+        // the two cannot lose a registered secret.
+        let chosen = if server.dialect() == Dialect::S4sLegacy {
+            let mut client_id = s4s_legacy_client_id(self.client);
+            if action == Action::Replace && self.client.spec.client_id.is_none() {
+                let hex = desired_hash.rsplit('-').next().unwrap_or(desired_hash);
+                client_id = format!("{client_id}.{}", &hex[..8.min(hex.len())]);
+            }
+            // A choice persisted earlier but never confirmed (a crash or a failure after it was
+            // written) is posted again as it is: the server may hold it already.
+            let unconfirmed = self.credentials.as_ref().filter(|c| c.registration_pending);
+            if let Some(earlier) = unconfirmed {
+                client_id = earlier.client_id.clone();
+            }
+            // A server that lost its state gets the same id and secret back, so mounted credentials
+            // keep working: the forgotten credentials count as ours.
+            let reuse = self
+                .credentials
+                .as_ref()
+                .or(self.forgotten.as_ref())
+                .filter(|c| c.client_id == client_id)
+                .and_then(|c| c.client_secret.clone());
+            let chosen = StoredCredentials {
+                client_id,
+                client_secret: Some(reuse.unwrap_or_else(generate_client_secret)),
+                registration_access_token: None,
+                registration_client_uri: None,
+                tokens: Default::default(),
+                // Not registered yet: no metadata is applied until the server says so.
+                applied_metadata_hash: None,
+                registration_pending: true,
+            };
+            self.credentials = Some(chosen.clone());
+            self.persist(server, &desired.scopes);
+            self.flush().await?;
+            Some(as_client_credentials(&chosen))
+        } else {
+            None
+        };
+        let registered = match auth.register(desired, chosen.as_ref()).await {
+            // The server created a client whose answer cannot be used: record it, never retry.
+            Err(AuthServerError::RegisteredButUnreadable {
+                endpoint,
+                client_id: Some(client_id),
+                detail,
+            }) => {
+                self.record_orphan(&client_id, "AnswerUnreadable");
+                return Err(AuthServerError::RegisteredButUnreadable {
+                    endpoint,
+                    client_id: Some(client_id),
+                    detail,
+                }
+                .into());
+            }
+            // The token may have been rotated or topped up in its Secret since it was cached: try once
+            // more with a fresh read before reporting the error.
+            Err(e)
+                if e.class() == ErrorClass::Credential
+                    && self.ctx.forget_initial_token(server, self.now) =>
+            {
+                let fresh = self.ctx.auth_server(server, true).await?;
+                fresh.register(desired, chosen.as_ref()).await?
+            }
+            other => other?,
+        };
+        self.accept_registration(registered, server, desired_hash);
+        self.persist(server, &desired.scopes);
+        self.status.retry = None;
+        self.ctx.schedule_existence_check(&self.uid, self.now);
+        let client_id = self.status.client_id.clone().unwrap_or_default();
+        let (reason, note) = match action {
+            Action::Replace => {
+                if let Some(old) = previous_client_id.filter(|old| *old != client_id) {
+                    self.record_orphan(&old, "Replaced");
+                }
+                let why = match server.dialect() {
+                    Dialect::Rfc7591 => "the auth server offers no RFC 7592 management".to_owned(),
+                    dialect => format!("{dialect} cannot update clients"),
+                };
+                (
+                    "Replaced",
+                    format!(
+                        "{why}: registered {client_id} with the new metadata; the previous client is orphaned on the server"
+                    ),
+                )
+            }
+            Action::ReRegister => (
+                "ReRegistered",
+                format!(
+                    "the auth server no longer knew the client (or its credentials were lost): registered again as {client_id}"
+                ),
+            ),
+            _ => (
+                "Registered",
+                format!(
+                    "registered with {} {} as {client_id}",
+                    server.kind, server.name
+                ),
+            ),
+        };
+        info!(client = %self.client.name_any(), %client_id, reason, "registration accepted");
+        self.ctx
+            .publish(self.client, EventType::Normal, reason, "Register", note)
+            .await;
+        Ok(())
+    }
+
+    /// Lists a client left on the server in `status.orphanedClients` (once per client id).
+    pub(super) fn record_orphan(&mut self, client_id: &str, reason: &str) {
+        info!(client = %self.client.name_any(), %client_id, reason, "registration orphaned");
+        let orphans = &mut self.status.orphaned_clients;
+        if orphans.iter().all(|o| o.client_id != client_id) {
+            orphans.push(OrphanedClient {
+                client_id: client_id.to_owned(),
+                reason: reason.into(),
+                since: Time(self.now),
+            });
+            orphans.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        }
+    }
+
+    /// Takes in a fresh registration: credentials into memory (persisted by the caller), facts into status.
+    pub(super) fn accept_registration(
+        &mut self,
+        registered: RegisteredClient,
+        server: &ResolvedServer,
+        desired_hash: &str,
+    ) {
+        let keep_tokens = self
+            .credentials
+            .as_ref()
+            .filter(|c| c.client_id == registered.client_id)
+            .map(|c| c.tokens.clone());
+        if keep_tokens.is_none() {
+            // Tokens belong to a client id; a new client needs new ones.
+            self.status.debug_tokens.clear();
+        }
+        let RegisteredClient {
+            client_id,
+            client_secret,
+            registration_access_token,
+            registration_client_uri,
+            client_id_issued_at,
+            granted_scopes,
+        } = registered;
+        // Servers answer updates with less than registrations (Keycloak sends client_id_issued_at only
+        // on create; some servers omit an unchanged token): keep what the answer does not replace.
+        let previous = self.credentials.take().filter(|p| p.client_id == client_id);
+        let registration_client_uri = registration_client_uri.or_else(|| {
+            previous
+                .as_ref()
+                .and_then(|p| p.registration_client_uri.clone())
+        });
+        self.credentials = Some(StoredCredentials {
+            client_id: client_id.clone(),
+            client_secret: client_secret
+                .or_else(|| previous.as_ref().and_then(|p| p.client_secret.clone())),
+            registration_access_token: registration_access_token.or_else(|| {
+                previous
+                    .as_ref()
+                    .and_then(|p| p.registration_access_token.clone())
+            }),
+            registration_client_uri: registration_client_uri.clone(),
+            tokens: keep_tokens.unwrap_or_default(),
+            applied_metadata_hash: Some(desired_hash.to_owned()),
+            registration_pending: false,
+        });
+        let same_client = previous.is_some();
+        self.status.client_id = Some(client_id);
+        self.status.registration_client_uri = registration_client_uri;
+        let issued_at = client_id_issued_at
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map(Time);
+        if issued_at.is_some() || !same_client {
+            self.status.client_id_issued_at = issued_at;
+        }
+        if let Some(granted) = granted_scopes {
+            self.status.granted_scopes = granted;
+        } else if !same_client {
+            self.status.granted_scopes.clear();
+        }
+        self.status.applied_metadata_hash = Some(desired_hash.to_owned());
+        set_condition(
+            &mut self.status.conditions,
+            condition::REGISTERED,
+            true,
+            "Registered",
+            format!("registered with {} {}", server.kind, server.name),
+            Some(self.generation),
+            self.now,
+        );
+    }
+
+    pub(super) async fn update(
+        &mut self,
+        auth: &ObservedAuthServer,
+        server: &ResolvedServer,
+        desired: &crate::authserver::ClientMetadata,
+        desired_hash: &str,
+    ) -> Result<(), ReconcileError> {
+        let credentials = self
+            .credentials
+            .clone()
+            .expect("plan updates only known clients");
+        match auth
+            .update(&as_client_credentials(&credentials), desired)
+            .await
+        {
+            Ok(updated) => {
+                self.accept_registration(updated, server, desired_hash);
+                self.persist(server, &desired.scopes);
+                self.status.retry = None;
+                self.ctx
+                    .publish(
+                        self.client,
+                        EventType::Normal,
+                        "Updated",
+                        "Update",
+                        "the registration's metadata was updated (RFC 7592)".into(),
+                    )
+                    .await;
+                Ok(())
+            }
+            Err(AuthServerError::ClientGone) => {
+                self.lose_registration("ClientGone");
+                Ok(())
+            }
+            Err(AuthServerError::RegistrationAccessTokenRejected { status }) => {
+                match auth.probe(&as_client_credentials(&credentials)).await? {
+                    Existence::Gone => {
+                        self.lose_registration("ClientGone");
+                        Ok(())
+                    }
+                    Existence::Exists => {
+                        Err(AuthServerError::RegistrationAccessTokenRejected { status }.into())
+                    }
+                }
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    pub(super) async fn probe(
+        &mut self,
+        auth: &ObservedAuthServer,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) -> Result<(), ReconcileError> {
+        let credentials = self
+            .credentials
+            .clone()
+            .expect("plan probes only known clients");
+        // A client that cannot authenticate at the token endpoint (public, or no token endpoint) is
+        // looked up with RFC 7592 GET, whose answer may carry a re-signed registration access token:
+        // it is the only valid one from now on and is kept like any other credential (review C7).
+        let by_management_read = server.dialect() == Dialect::Rfc7591
+            && (credentials.client_secret.is_none() || server.endpoints.token.is_none());
+        let existence = if by_management_read {
+            match auth.read(&as_client_credentials(&credentials)).await {
+                Ok(registered) => {
+                    self.keep_rotated_token(
+                        registered.registration_access_token,
+                        server,
+                        requested,
+                    );
+                    Existence::Exists
+                }
+                // Ambiguous (a stale token or a deleted client): assume it exists rather than register
+                // a duplicate.
+                Err(AuthServerError::RegistrationAccessTokenRejected { .. }) => Existence::Exists,
+                Err(AuthServerError::ClientGone) => Existence::Gone,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            auth.probe(&as_client_credentials(&credentials)).await?
+        };
+        match existence {
+            Existence::Exists => {
+                // The server answered and knows the client: an earlier failure's backoff is over
+                // (left in place, it would block a later deletion without an attempt; review C4).
+                self.status.retry = None;
+                self.ctx.schedule_existence_check(&self.uid, self.now);
+            }
+            Existence::Gone => {
+                self.ctx
+                    .publish(self.client, EventType::Warning, "ClientGone", "Probe", "the auth server no longer knows this client (its state was wiped?); registering again".into())
+                    .await;
+                self.lose_registration("ClientGone");
+            }
+        }
+        Ok(())
+    }
+
+    /// A registration access token the server rotated goes into the record and the Secret.
+    pub(super) fn keep_rotated_token(
+        &mut self,
+        token: Option<SecretString>,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) {
+        use secrecy::ExposeSecret;
+        let Some(token) = token else {
+            return;
+        };
+        let Some(record) = self.credentials.as_mut() else {
+            return;
+        };
+        let changed = record
+            .registration_access_token
+            .as_ref()
+            .is_none_or(|held| held.expose_secret() != token.expose_secret());
+        if changed {
+            record.registration_access_token = Some(token);
+            self.persist(server, requested);
+        }
+    }
+
+    /// The server forgot the client: drop the credentials (keeping status.clientId) so the plan
+    /// re-registers.
+    pub(super) fn lose_registration(&mut self, reason: &str) {
+        self.forgotten = self.credentials.take();
+        self.ctx.remember(&self.uid, None);
+        set_condition(
+            &mut self.status.conditions,
+            condition::REGISTERED,
+            false,
+            reason,
+            "the auth server no longer knows this client",
+            Some(self.generation),
+            self.now,
+        );
+    }
+
+    pub(super) async fn mint(
+        &mut self,
+        auth: &ObservedAuthServer,
+        server: &ResolvedServer,
+        scopes: &[String],
+        name: &str,
+    ) -> Result<(), ReconcileError> {
+        let spec = self
+            .client
+            .spec
+            .debug_tokens
+            .iter()
+            .flatten()
+            .find(|t| t.name == name)
+            .cloned()
+            .expect("plan mints only spec tokens");
+        let lifetime = spec
+            .lifetime
+            .map(Duration::from)
+            .unwrap_or(Duration::from_secs(3600));
+        let refresh_before = spec
+            .refresh_before
+            .map(Duration::from)
+            .unwrap_or(lifetime / 5);
+        let request = DebugTokenRequest {
+            user: spec.user.clone(),
+            patient_id: spec.patient_id.clone(),
+            scopes: spec
+                .scopes
+                .as_ref()
+                .map(|s| s.iter().map(|s| s.0.clone()).collect())
+                .unwrap_or_else(|| scopes.to_vec()),
+            lifetime,
+        };
+        let credentials = self
+            .credentials
+            .clone()
+            .expect("plan mints only for known clients");
+        let grant = match auth
+            .mint_debug_token(&as_client_credentials(&credentials), &request)
+            .await
+        {
+            Ok(grant) => grant,
+            Err(e) => {
+                set_condition(
+                    &mut self.status.conditions,
+                    condition::TOKENS_FRESH,
+                    false,
+                    e.reason(),
+                    format!("minting debug token {name} failed: {e}"),
+                    Some(self.generation),
+                    self.now,
+                );
+                return Err(e.into());
+            }
+        };
+        let minted_at = Timestamp::now();
+        // The server's own word on expiry wins; the requested lifetime is the fallback.
+        let expires_at = match auth.introspect(&grant.access_token).await {
+            Ok(info) => info.expires_at.and_then(|t| Timestamp::try_from(t).ok()),
+            Err(e) if e.is_retryable() => return Err(e.into()),
+            Err(_) => None,
+        }
+        .unwrap_or(minted_at + lifetime);
+        let next_refresh_at = refresh_due_at(minted_at, expires_at, refresh_before, rand::random());
+        if let Some(credentials) = self.credentials.as_mut() {
+            credentials.tokens.insert(
+                name.to_owned(),
+                StoredToken {
+                    access_token: grant.access_token,
+                    refresh_token: grant.refresh_token,
+                    expires_at: Some(expires_at.to_string()),
+                },
+            );
+        }
+        self.persist(server, scopes);
+        let entry = DebugTokenStatus {
+            name: name.to_owned(),
+            expires_at: Some(Time(expires_at)),
+            next_refresh_at: Some(Time(next_refresh_at)),
+        };
+        self.status.debug_tokens.retain(|t| t.name != name);
+        self.status.debug_tokens.push(entry);
+        self.status.debug_tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        self.status.retry = None;
+        info!(client = %self.client.name_any(), token = name, %expires_at, %next_refresh_at, "debug token minted");
+        Ok(())
+    }
+}
