@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::auth_proxy::{RealAuthProxy, Version};
 use common::operator::*;
 use common::*;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use smart_operator::crd::SmartClient;
 
@@ -289,16 +289,7 @@ async fn spec_change_replaces_and_deletion_orphans(version: Version) {
         "invalid_grant"
     );
 
-    api(&s)
-        .delete("app", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the SmartClient is gone",
-        Duration::from_secs(30),
-        || async { api(&s).get_opt("app").await.ok()?.is_none().then_some(()) },
-    )
-    .await;
+    delete_and_wait_until_gone(&s.client, &s.ns, "app").await;
     let note = wait_for_event(&s.client, &s.ns, "Orphaned").await;
     assert!(note.contains(version.dialect()), "{note}");
     assert_eq!(s.server.registrations(), 2, "deletion registers nothing");

@@ -89,14 +89,7 @@ async fn s4s_legacy_metadata_change_of_a_fixed_client_id_is_refused_not_reported
     )
     .await;
     let refused = wait_for_ready(&s.client, &s.ns, "app", "False", "UnsupportedByDialect").await;
-    let message = refused
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let message = ready_message(&refused);
     assert!(message.contains("clientId"), "{message}");
     assert!(
         !events(&s.client, &s.ns)

@@ -10,7 +10,7 @@ use common::operator::*;
 use common::scenario::*;
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use serde_json::json;
 use smart_operator::devserver::Dialect as DevDialect;
 
@@ -34,14 +34,7 @@ async fn an_existing_secret_of_the_users_is_refused_never_written_and_survives_t
     .unwrap();
 
     let refused = wait_for_ready(&s.client, &s.ns, "app", "False", "SecretConflict").await;
-    let message = refused
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let message = ready_message(&refused);
     assert!(message.contains("app-config"), "{message}");
     wait_for_event(&s.client, &s.ns, "SecretConflict").await;
     assert_eq!(
@@ -54,16 +47,7 @@ async fn an_existing_secret_of_the_users_is_refused_never_written_and_survives_t
     assert_eq!(keys, ["DATABASE_URL"], "the user's Secret is untouched");
     assert!(secret.metadata.owner_references.is_none());
 
-    api(&s)
-        .delete("app", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the SmartClient is gone",
-        Duration::from_secs(30),
-        || async { api(&s).get_opt("app").await.ok()?.is_none().then_some(()) },
-    )
-    .await;
+    delete_and_wait_until_gone(&s.client, &s.ns, "app").await;
     // The garbage collector acts within a second or two on what it owns; give it ample time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let secret = get_secret(&s.client, &s.ns, "app-config")

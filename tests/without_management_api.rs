@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::operator::*;
 use common::scenario::*;
 use common::*;
-use kube::api::DeleteParams;
 use serde_json::json;
 use smart_operator::devserver::Dialect as DevDialect;
 
@@ -50,16 +49,7 @@ async fn a_server_without_rfc7592_gets_replacements_and_orphans_not_a_crash() {
     assert_eq!(s.server.count("update").await, 0);
     assert!(s.operator.is_running(), "the operator did not crash");
 
-    api(&s)
-        .delete("app", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the SmartClient is gone",
-        Duration::from_secs(30),
-        || async { api(&s).get_opt("app").await.ok()?.is_none().then_some(()) },
-    )
-    .await;
+    delete_and_wait_until_gone(&s.client, &s.ns, "app").await;
     let note = wait_for_event(&s.client, &s.ns, "Orphaned").await;
     assert!(note.contains("RFC 7592"), "{note}");
     assert_eq!(s.server.count("delete").await, 0);

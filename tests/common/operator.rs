@@ -328,3 +328,27 @@ pub async fn wait_for_event(client: &Client, namespace: &str, reason: &str) -> S
     )
     .await
 }
+
+/// The message of a SmartClient's Ready condition ("" when it has none).
+pub fn ready_message(client: &SmartClient) -> String {
+    client
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Deletes a SmartClient and waits until it is gone (its finalizer done).
+pub async fn delete_and_wait_until_gone(client: &Client, namespace: &str, name: &str) {
+    let api: Api<SmartClient> = Api::namespaced(client.clone(), namespace);
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        &format!("SmartClient {namespace}/{name} is gone"),
+        Duration::from_secs(30),
+        || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
