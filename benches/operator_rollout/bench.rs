@@ -61,7 +61,12 @@ impl Bench {
         Duration::from_secs(120) + Duration::from_millis(100 * n as u64)
     }
 
-    pub(crate) async fn floor(&self, dialect: Dialect, n: usize, server: &RunningDevServer) -> Res<Value> {
+    pub(crate) async fn floor(
+        &self,
+        dialect: Dialect,
+        n: usize,
+        server: &RunningDevServer,
+    ) -> Res<Value> {
         let namespace = format!("bench-floor-{}-{n}", dialect_name(dialect).to_lowercase());
         create_namespace(&self.client, &namespace).await?;
         create_auth_server(&self.client, &namespace, dialect, server).await?;
@@ -142,7 +147,12 @@ impl Bench {
         Ok(result)
     }
 
-    pub(crate) async fn start_operator(&self, namespace: &str, log: &str, tag: &str) -> Res<OperatorProcess> {
+    pub(crate) async fn start_operator(
+        &self,
+        namespace: &str,
+        log: &str,
+        tag: &str,
+    ) -> Res<OperatorProcess> {
         let path = self.logs.join(format!("operator-{namespace}-{tag}.log"));
         let mut operator = OperatorProcess::start(
             &self.options,
@@ -516,6 +526,3 @@ pub(crate) async fn create_unrelated_secrets(
         .await?;
     Ok(started.elapsed().as_secs_f64())
 }
-
-// -------------------------------------------------------------------------------------------------
-// Report

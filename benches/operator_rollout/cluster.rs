@@ -135,7 +135,11 @@ pub(crate) async fn start_namespace_deletion(client: &Client, name: &str) -> Res
 }
 
 /// Removes the finalizers of every SmartClient of a namespace no operator watches.
-pub(crate) async fn release_finalizers(client: &Client, namespace: &str, concurrency: usize) -> Res<()> {
+pub(crate) async fn release_finalizers(
+    client: &Client,
+    namespace: &str,
+    concurrency: usize,
+) -> Res<()> {
     let api: Api<SmartClient> = Api::namespaced(client.clone(), namespace);
     let names: Vec<String> = api
         .list_metadata(&Default::default())
@@ -184,7 +188,11 @@ pub(crate) async fn delete_smart_clients(
 }
 
 /// Deletes a namespace and waits until it is gone; returns how long that took.
-pub(crate) async fn delete_namespace(client: &Client, name: &str, timeout: Duration) -> Res<Duration> {
+pub(crate) async fn delete_namespace(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Res<Duration> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let started = Instant::now();
     match namespaces.delete(name, &DeleteParams::default()).await {
@@ -393,6 +401,3 @@ pub(crate) fn latencies(
         "latency_max_s": per_object.last().copied().unwrap_or(0.0),
     })
 }
-
-// -------------------------------------------------------------------------------------------------
-// The floor: the same work without a controller

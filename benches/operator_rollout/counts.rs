@@ -33,7 +33,10 @@ pub(crate) fn prometheus_samples(text: &str, family: &str) -> Vec<(BTreeMap<Stri
     out
 }
 
-pub(crate) async fn operator_reconciles(http: &reqwest::Client, url: &str) -> BTreeMap<String, f64> {
+pub(crate) async fn operator_reconciles(
+    http: &reqwest::Client,
+    url: &str,
+) -> BTreeMap<String, f64> {
     let text = match http.get(url).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return BTreeMap::new(),

@@ -86,27 +86,23 @@ pub(crate) fn bail<T>(message: impl Into<String>) -> Res<T> {
     Err(message.into().into())
 }
 
-// -------------------------------------------------------------------------------------------------
-// Options
-
-
+mod bench;
+mod cluster;
+mod counts;
+mod floor;
 mod options;
 mod process;
-mod counts;
-mod watch;
-mod cluster;
-mod floor;
-mod bench;
 mod report;
+mod watch;
 
+use bench::*;
+use cluster::*;
+use counts::*;
+use floor::*;
 use options::*;
 use process::*;
-use counts::*;
-use watch::*;
-use cluster::*;
-use floor::*;
-use bench::*;
 use report::*;
+use watch::*;
 
 async fn run(options: Options) -> Res<bool> {
     let _ = rustls::crypto::ring::default_provider().install_default();
