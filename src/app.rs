@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::controller::auth_server::{AuthServerResource, reconcile_server, server_error_policy};
-use crate::controller::cache::{Caches, cached_watch};
+use crate::controller::cache::{Caches, cached_watch, watch_backoff};
 use crate::controller::reconcile::{ReconcileError, error_policy, reconcile};
 use crate::controller::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::controller::{Context, Settings};
@@ -384,6 +384,9 @@ async fn run_controllers(
         controllers.push(Box::pin(
             Controller::for_stream(client_events.applied_objects(), store)
                 .with_config(config)
+                // kube pauses the merged trigger streams on any watch error, growing to 30 s by
+                // default: after an apiserver restart every reconcile waited out that pause.
+                .trigger_backoff(watch_backoff())
                 .owns_stream(secret_events.touched_objects())
                 .watches_stream(
                     server_events.touched_objects(),
@@ -464,6 +467,7 @@ fn server_controller<K: AuthServerResource>(
 ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(
         Controller::new(api, watcher::Config::default())
+            .trigger_backoff(watch_backoff())
             .graceful_shutdown_on(shutdown)
             .run(
                 |server, ctx: Arc<Context>| async move {

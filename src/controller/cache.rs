@@ -15,6 +15,7 @@ use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tracing::warn;
 
 use crate::crd::{ClusterSmartAuthServer, SmartAuthServer};
 
@@ -47,8 +48,11 @@ impl Caches {
     }
 }
 
-/// A watch of `api` that keeps a trimmed copy of every object in the returned store, with the usual
-/// backoff on watch errors. The stream must be polled (by a controller) for the store to fill.
+/// A watch of `api` that keeps a trimmed copy of every object in the returned store, with its own
+/// backoff on watch errors. The errors are logged here and go no further: a controller pauses all its
+/// trigger streams on any error it sees, so one watch's trouble (an apiserver answering 410 Gone for
+/// a while after a restart) would hold up the reconciles every other watch asks for. The stream must
+/// be polled (by a controller) for the store to fill.
 pub fn cached_watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -66,18 +70,26 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    let kind = K::kind(&()).into_owned();
     let events = watcher(api, config)
         .backoff(watch_backoff())
         .modify(trim)
         .reflect(writer)
+        .filter(move |event| {
+            if let Err(error) = event {
+                warn!(watch = %kind, %error, "watch failed; retrying");
+            }
+            std::future::ready(event.is_ok())
+        })
         .boxed();
     (reader, events)
 }
 
 /// Backoff of a watch that failed: kube's default grows to 30 s, which after an apiserver restart kept
 /// spec changes waiting 38–94 s (issue 11's chaos run). An operator's few watches can retry sooner:
-/// 0.5 s growing to 4 s with jitter, back to 0.5 s after a minute without failures.
-fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+/// 0.5 s growing to 4 s with jitter, back to 0.5 s after a minute without failures. Each watch and
+/// each controller's merged trigger stream (which kube pauses on any error) uses it.
+pub fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
     let builder = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(4))

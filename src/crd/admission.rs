@@ -97,7 +97,12 @@ fn dialect_policy(server_kind: &str, name: &str) -> PolicyWithBinding {
         "kind": "ValidatingAdmissionPolicy",
         "metadata": { "name": name, "labels": { "app.kubernetes.io/part-of": "smart-operator" } },
         "spec": {
-            "failurePolicy": "Fail",
+            // Fail open: for about half a minute after an apiserver starts, a policy whose paramKind
+            // is a CRD cannot be configured, and `Fail` would refuse every SmartClient write then,
+            // finalizer removals included (measured: 29 s). The operator checks the same rules
+            // itself and reports a violation as `Ready=False InvalidSpec`, so nothing wrong is
+            // registered while the policy cannot judge.
+            "failurePolicy": "Ignore",
             "paramKind": { "apiVersion": format!("{GROUP}/{VERSION}"), "kind": server_kind },
             "matchConstraints": {
                 "resourceRules": [{
