@@ -1295,7 +1295,7 @@ async fn s4s_transport_errors_never_show_the_token_from_the_introspection_url() 
     // The transport error leaves the request URL out (its query carries the token, which redaction
     // would miss once URL-encoded): only the endpoint without a query is named.
     assert!(
-        matches!(&error, AuthServerError::Unreachable { detail, endpoint }
+        matches!(&error, AuthServerError::Unreachable { detail, endpoint, .. }
             if !detail.contains("token=") && !endpoint.contains('?')),
         "{error:?}"
     );

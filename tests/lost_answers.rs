@@ -62,3 +62,93 @@ async fn an_s4s_legacy_registration_whose_answers_are_lost_is_neither_duplicated
         secret_value(&secret, "client_id").as_deref()
     );
 }
+
+/// Orphans whose id the operator never learnt: the entries `status.orphanedClients` lists with an
+/// empty client id.
+async fn lost_answer_orphans(s: &Setup, name: &str) -> Vec<serde_json::Value> {
+    let client = api(s).get(name).await.unwrap();
+    let status = serde_json::to_value(client.status.unwrap_or_default()).unwrap();
+    status["orphanedClients"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o["reason"] == "AnswerLost")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_whose_answers_were_lost_are_each_recorded_as_orphans() {
+    let s = setup("lost-rfc", DevDialect::Rfc7591, &[]).await;
+    s.server
+        .set_faults(json!({"lose_answer_rate": 1.0, "endpoints": ["register"]}))
+        .await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    eventually("two lost answers", Duration::from_secs(30), || async {
+        (s.server.count("register").await >= 2).then_some(())
+    })
+    .await;
+    s.server.clear_faults().await;
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+
+    let remote = s.server.clients().await;
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    let held = secret_value(&secret, "client_id").unwrap();
+    assert!(
+        remote.iter().any(|c| c["client_id"] == held.as_str()),
+        "the Secret holds a client the server has"
+    );
+    let orphans = lost_answer_orphans(&s, "app").await;
+    assert_eq!(
+        orphans.len(),
+        remote.len() - 1,
+        "every registration beyond the one in the Secret is recorded: {orphans:?}, {} on the server",
+        remote.len()
+    );
+    wait_for_event(&s.client, &s.ns, "RegistrationAnswerLost").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_in_flight_when_the_operator_is_killed_is_recorded_after_the_restart() {
+    let mut s = setup("lost-kill", DevDialect::Rfc7591, &[]).await;
+    s.server
+        .set_faults(json!({"answer_delay_ms": 5000, "endpoints": ["register"]}))
+        .await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    eventually(
+        "a committed registration",
+        Duration::from_secs(30),
+        || async { (s.server.clients().await.len() == 1).then_some(()) },
+    )
+    .await;
+    s.operator.kill_hard();
+    s.server.clear_faults().await;
+    s.operator.restart();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+
+    let remote = s.server.clients().await;
+    assert_eq!(remote.len(), 2, "the killed registration and its successor");
+    let orphans = lost_answer_orphans(&s, "app").await;
+    assert_eq!(orphans.len(), 1, "the lost one is recorded: {orphans:?}");
+    assert_eq!(orphans[0]["clientId"], "", "its id was never learnt");
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    let held = secret_value(&secret, "client_id").unwrap();
+    assert!(remote.iter().any(|c| c["client_id"] == held.as_str()));
+    assert!(
+        secret
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("smart.fhir.dev/registration-sent-at")
+            .is_none_or(|v| v.is_empty()),
+        "no registration is in flight any more"
+    );
+}

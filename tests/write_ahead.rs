@@ -17,7 +17,21 @@ use smart_operator::devserver::Dialect as DevDialect;
 /// A ValidatingAdmissionPolicy refusing `operations` on the Secret `secret` in the namespace: stands in
 /// for an admission webhook outage, a policy engine or a quota refusing the write.
 async fn refuse_secret_writes(s: &Setup, secret: &str, operations: &[&str]) -> String {
-    let allowed = format!("object.metadata.name != '{secret}'");
+    // A second Secret, `policy-probe`, is refused alike: a dry-run write of it shows when the policy
+    // is in force, even for updates of a Secret that does not exist yet.
+    let allowed =
+        format!("object.metadata.name != '{secret}' && object.metadata.name != 'policy-probe'");
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let probe: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "policy-probe"}, "stringData": {"k": "v"}}),
+    )
+    .unwrap();
+    if !operations.contains(&"CREATE") {
+        secrets
+            .create(&PostParams::default(), &probe)
+            .await
+            .unwrap();
+    }
     let refusal = Refusal {
         group: "",
         resource: "secrets",
@@ -26,11 +40,6 @@ async fn refuse_secret_writes(s: &Setup, secret: &str, operations: &[&str]) -> S
         message: "refused by the test's admission policy",
     };
     let name = refuse_writes(&s.client, &s.ns, "refuse-secret", &refusal).await;
-    // In force once a dry-run write of that Secret is refused.
-    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
-    let probe: Secret =
-        serde_json::from_value(json!({"metadata": {"name": secret}, "stringData": {"k": "v"}}))
-            .unwrap();
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()
@@ -47,7 +56,7 @@ async fn refuse_secret_writes(s: &Setup, secret: &str, operations: &[&str]) -> S
                 ..Default::default()
             };
             let patch = kube::api::Patch::Merge(json!({"metadata": {"labels": {"probe": "x"}}}));
-            let update = secrets.patch(secret, &params, &patch).await;
+            let update = secrets.patch("policy-probe", &params, &patch).await;
             update.as_ref().err().is_some_and(refusing)
         };
         if in_force {
@@ -76,9 +85,44 @@ fn condition_of(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_cannot_be_created_stops_the_registration_before_it_is_sent() {
+    let s = setup("wal-create", DevDialect::Rfc7591, &[]).await;
+    let policy = refuse_secret_writes(&s, "app-smart-client", &["CREATE"]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    eventually(
+        "SecretSynced=False with the apiserver's reason",
+        Duration::from_secs(30),
+        || async {
+            let client = api(&s).get("app").await.ok()?;
+            let synced = condition_of(&client, "SecretSynced")?;
+            (synced.status == "False"
+                && synced.reason == "SecretWriteFailed"
+                && synced
+                    .message
+                    .contains("refused by the test's admission policy"))
+            .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.server.count("register").await,
+        0,
+        "nothing is registered whose credentials could not be kept"
+    );
+    allow_secret_writes(&policy).await;
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    assert_eq!(s.server.count("register").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_secret_write_keeps_the_credentials_and_registers_nothing_more() {
     let s = setup("wal-refused", DevDialect::Rfc7591, &[]).await;
-    let policy = refuse_secret_writes(&s, "app-smart-client", &["CREATE", "UPDATE"]).await;
+    // The Secret is created (empty, saying a registration is in flight) and every write after that
+    // is refused: the credentials the server hands out cannot be written.
+    let policy = refuse_secret_writes(&s, "app-smart-client", &["UPDATE"]).await;
     create(&s.client, Some(&s.ns), smart_client("app", json!({})))
         .await
         .unwrap();

@@ -20,7 +20,13 @@ pub enum ErrorClass {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthServerError {
     #[error("cannot reach the auth server at {endpoint}: {detail}")]
-    Unreachable { endpoint: String, detail: String },
+    Unreachable {
+        endpoint: String,
+        detail: String,
+        /// Whether the request may have reached the server (the connection broke after it was
+        /// made, not while making it).
+        request_sent: bool,
+    },
 
     #[error("the auth server at {endpoint} did not answer in time")]
     Timeout { endpoint: String },
@@ -128,6 +134,21 @@ impl AuthServerError {
             | RegistrationAccessTokenRejected { .. }
             | ClientGone => ErrorClass::Credential,
         }
+    }
+
+    /// Whether the server may have acted on the request although no answer came back: a timeout, or
+    /// a connection that broke after the request went out. A registration that ends like this may
+    /// have created a client whose id nobody learnt.
+    pub fn answer_may_be_lost(&self) -> bool {
+        use AuthServerError::*;
+        matches!(
+            self,
+            Timeout { .. }
+                | Unreachable {
+                    request_sent: true,
+                    ..
+                }
+        )
     }
 
     pub fn is_retryable(&self) -> bool {

@@ -115,6 +115,7 @@ impl HttpClient {
                 // would miss it in its URL-encoded form (review S5).
                 AuthServerError::Unreachable {
                     endpoint: endpoint.to_owned(),
+                    request_sent: !e.is_connect(),
                     detail: redactor.redact(&error_chain(&e.without_url())),
                 }
             }

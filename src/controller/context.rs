@@ -56,6 +56,9 @@ struct Memory {
     /// The last status written, with the generation it describes. The watch cache may hand the next
     /// reconcile an object from before that write; this keeps the operator from acting twice.
     written_status: Option<(i64, SmartClientStatus)>,
+    /// The last registration this operator sent (the time it recorded in the Secret): its fate is
+    /// known here, so finding it in the Secret is no sign of a lost answer.
+    registration_sent_at: Option<String>,
 }
 
 /// Shared state of the controllers.
@@ -113,6 +116,25 @@ impl Context {
     pub(super) fn remember(&self, uid: &str, credentials: Option<StoredCredentials>) {
         if let Ok(mut memory) = self.memory.lock() {
             memory.entry(uid.to_owned()).or_default().credentials = credentials;
+        }
+    }
+
+    /// Whether this operator sent the registration recorded in flight since `sent_at`, or has
+    /// already recorded it as a possible orphan.
+    pub(super) fn knows_registration(&self, uid: &str, sent_at: &str) -> bool {
+        self.memory.lock().ok().is_some_and(|m| {
+            m.get(uid)
+                .and_then(|m| m.registration_sent_at.as_deref())
+                .is_some_and(|known| known == sent_at)
+        })
+    }
+
+    pub(super) fn remember_registration(&self, uid: &str, sent_at: &str) {
+        if let Ok(mut memory) = self.memory.lock() {
+            memory
+                .entry(uid.to_owned())
+                .or_default()
+                .registration_sent_at = Some(sent_at.to_owned());
         }
     }
 

@@ -3,13 +3,14 @@
 //! call that could replace or invalidate it (minting a debug token cannot), and always before the status
 //! that announces it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -25,8 +26,9 @@ use super::plan::{
 };
 use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{
-    PublicValues, SecretOwnership, StoredCredentials, is_in_sync, read_credentials, render_data,
-    render_secret, secret_name, secret_ownership,
+    PublicValues, SecretOwnership, StoredCredentials, is_in_sync, mark_registration_sent,
+    read_credentials, registration_sent_at, render_data, render_secret, secret_name,
+    secret_ownership,
 };
 use crate::authserver::{AuthServerError, ClientCredentials, ErrorClass};
 use crate::crd::{Dialect, SmartClient, SmartClientStatus, condition};
@@ -168,6 +170,9 @@ pub(super) struct Run<'a> {
     pub(super) credentials: Option<StoredCredentials>,
     /// Credentials of a client the server forgot (wiped state): S4SLegacy registers the same id again.
     pub(super) forgotten: Option<StoredCredentials>,
+    /// When the registration now in flight was sent, as the Secret records it (see
+    /// [`Run::announce_registration`]).
+    pub(super) registration_sent_at: Option<String>,
 }
 
 async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -185,6 +190,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         pending_secret: None,
         credentials: None,
         forgotten: None,
+        registration_sent_at: None,
     };
     let outcome = run.drive().await;
     let requeue = match outcome {
@@ -268,6 +274,7 @@ impl Run<'_> {
                     self.client,
                     &render_data(self.client, credentials, &public),
                     Some(credentials),
+                    self.registration_sent_at.as_deref(),
                 ),
                 (Some(_), None) => false,
                 (None, _) => true,
@@ -292,10 +299,16 @@ impl Run<'_> {
                 action,
                 Action::Wait(_) | Action::Backoff(_) | Action::AwaitSpecChange
             );
-            if needs_secret && !secret_confirmed && !self.secret_written {
+            // A first registration creates its Secret before it is sent, and the create itself
+            // fails on a Secret that exists: no read is needed first.
+            let creates_secret = action == Action::Register
+                && self.observed_secret.is_none()
+                && server.dialect().server_chooses_client_id();
+            if needs_secret && !secret_confirmed && !self.secret_written && !creates_secret {
                 self.observed_secret = self.secrets.get_opt(&secret_name).await?;
                 self.take_credentials(&token_names);
                 self.record_hashes_in_current_format(&desired, server.dialect(), &desired_hash);
+                self.account_for_unanswered_registration().await?;
                 secret_confirmed = true;
                 continue;
             }
@@ -346,6 +359,18 @@ impl Run<'_> {
                         .await);
                 }
                 Action::Register | Action::ReRegister | Action::Replace => {
+                    if !self.announce_registration(&server, &desired.scopes).await? {
+                        // The Secret exists after all: plan again from what it holds.
+                        self.take_credentials(&token_names);
+                        self.record_hashes_in_current_format(
+                            &desired,
+                            server.dialect(),
+                            &desired_hash,
+                        );
+                        self.account_for_unanswered_registration().await?;
+                        secret_confirmed = true;
+                        continue;
+                    }
                     let auth = auth.as_ref().expect("built above");
                     self.register(auth, &server, &desired, &desired_hash, action)
                         .await?;
@@ -472,28 +497,109 @@ impl Run<'_> {
     /// app that sees Ready finds them. Minting a debug token changes no credential, so a new client's
     /// Secret and its first token go out in one write.
     pub(super) fn persist(&mut self, server: &ResolvedServer, requested: &[String]) {
-        let Some(credentials) = &self.credentials else {
+        // A client the server forgot keeps its last credentials in the Secret until new ones come.
+        let record = self.credentials.as_ref().or(self.forgotten.as_ref());
+        let marked = self
+            .observed_secret
+            .as_ref()
+            .and_then(registration_sent_at)
+            .is_some();
+        if record.is_none() && self.registration_sent_at.is_none() && !marked {
             return;
-        };
-        let data = render_data(
-            self.client,
-            credentials,
-            &self.public_values(server, requested),
+        }
+        let public = self.public_values(server, requested);
+        let data = record
+            .map(|record| render_data(self.client, record, &public))
+            .unwrap_or_default();
+        let mut secret = render_secret(self.client, data, record);
+        mark_registration_sent(
+            &mut secret,
+            self.registration_sent_at.as_deref(),
+            self.observed_secret.as_ref(),
         );
-        let secret = render_secret(self.client, data, Some(credentials));
         let name = secret.metadata.name.clone().unwrap_or_default();
         self.observed_secret = Some(secret.clone());
         self.pending_secret = Some(secret);
         self.secret_written = true;
-        set_condition(
-            &mut self.status.conditions,
-            condition::SECRET_SYNCED,
-            true,
-            "SecretWritten",
-            format!("Secret {name} holds the credentials"),
-            Some(self.generation),
-            self.now,
-        );
+        if self.credentials.is_some() {
+            set_condition(
+                &mut self.status.conditions,
+                condition::SECRET_SYNCED,
+                true,
+                "SecretWritten",
+                format!("Secret {name} holds the credentials"),
+                Some(self.generation),
+                self.now,
+            );
+        }
+    }
+
+    /// Before a registration whose client id the server chooses: the Secret records that one is in
+    /// flight (and when it was sent), so an operator that dies, or loses its lease, before the answer
+    /// is in the Secret leaves a trace, and whoever finds it records the possible orphan (see
+    /// [`Run::account_for_unanswered_registration`]). A first registration creates the Secret for
+    /// this: a create, not an apply, so a Secret of the user's by that name is refused, never taken
+    /// over. False when it turned out to exist: the caller plans again from what it holds.
+    pub(super) async fn announce_registration(
+        &mut self,
+        server: &ResolvedServer,
+        requested: &[String],
+    ) -> Result<bool, ReconcileError> {
+        if !server.dialect().server_chooses_client_id() {
+            // S4SLegacy writes the id and secret it chose before posting them instead.
+            return Ok(true);
+        }
+        let sent_at = Timestamp::now().to_string();
+        self.ctx.remember_registration(&self.uid, &sent_at);
+        self.registration_sent_at = Some(sent_at);
+        if self.observed_secret.is_some() {
+            self.persist(server, requested);
+            self.flush().await?;
+            return Ok(true);
+        }
+        let mut secret = render_secret(self.client, BTreeMap::new(), None);
+        mark_registration_sent(&mut secret, self.registration_sent_at.as_deref(), None);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match self.secrets.create(&params, &secret).await {
+            Ok(created) => {
+                self.observed_secret = Some(created);
+                self.secret_written = true;
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                self.registration_sent_at = None;
+                self.observed_secret = self.secrets.get_opt(&secret_name(self.client)).await?;
+                Ok(false)
+            }
+            Err(e) => {
+                self.registration_sent_at = None;
+                Err(ReconcileError::SecretWrite(e))
+            }
+        }
+    }
+
+    /// A registration the Secret says is in flight that this operator did not send (it was sent by an
+    /// operator that died or lost its lease waiting for the answer) may have left a client on the
+    /// server whose id nobody learnt: it is recorded as an orphan, once.
+    pub(super) async fn account_for_unanswered_registration(
+        &mut self,
+    ) -> Result<(), ReconcileError> {
+        let Some(sent_at) = self
+            .observed_secret
+            .as_ref()
+            .and_then(registration_sent_at)
+            .map(str::to_owned)
+        else {
+            return Ok(());
+        };
+        if self.ctx.knows_registration(&self.uid, &sent_at) {
+            return Ok(());
+        }
+        self.ctx.remember_registration(&self.uid, &sent_at);
+        self.record_lost_answer(&sent_at, "AnswerLost").await
     }
 
     /// Writes the staged Secret. Memory takes the credentials first: it is the write-ahead record, so a

@@ -21,6 +21,11 @@ pub const APPLIED_METADATA_HASH_ANNOTATION: &str = "smart.fhir.dev/applied-metad
 /// Annotation marking credentials the operator chose and wrote before posting them (S4SLegacy) and the
 /// server has not confirmed yet: they are posted again, never taken as registered.
 pub const REGISTRATION_PENDING_ANNOTATION: &str = "smart.fhir.dev/registration-pending";
+/// Annotation written before a registration whose id the server chooses is sent (RFC7591, S4S), with
+/// the time it was sent, and emptied once the answer is in the Secret. Found set by an operator that
+/// did not write it, it says that an operator died (or lost its lease) with the answer in flight: the
+/// server may hold a client nobody knows the id of, and it is recorded as an orphan.
+pub const REGISTRATION_SENT_ANNOTATION: &str = "smart.fhir.dev/registration-sent-at";
 
 /// Every credential the operator holds for one registration.
 #[derive(Clone, Debug)]
@@ -53,6 +58,39 @@ pub struct PublicValues {
     pub token_endpoint: Option<String>,
     pub fhir_base_url: Option<String>,
     pub scope: String,
+}
+
+/// When the registration recorded in flight in this Secret was sent, if one is.
+pub fn registration_sent_at(observed: &Secret) -> Option<&str> {
+    observed
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(REGISTRATION_SENT_ANNOTATION)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// Records in `secret` a registration in flight since `sent_at`, or none. An annotation `observed`
+/// carries is emptied rather than left out: the Secret's first write (a create, not an apply) leaves
+/// its fields to another field manager, so leaving it out would not remove it.
+pub fn mark_registration_sent(
+    secret: &mut Secret,
+    sent_at: Option<&str>,
+    observed: Option<&Secret>,
+) {
+    let was_marked =
+        observed.is_some_and(|o| o.annotations().contains_key(REGISTRATION_SENT_ANNOTATION));
+    let value = match sent_at {
+        Some(sent_at) => sent_at.to_owned(),
+        None if was_marked => String::new(),
+        None => return,
+    };
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(REGISTRATION_SENT_ANNOTATION.into(), value);
 }
 
 /// Name of the client's Secret.
@@ -258,6 +296,7 @@ pub fn is_in_sync(
     client: &SmartClient,
     data: &BTreeMap<String, ByteString>,
     record: Option<&StoredCredentials>,
+    sent_at: Option<&str>,
 ) -> bool {
     let observed_data = observed.data.clone().unwrap_or_default();
     let labels = observed.labels();
@@ -282,6 +321,7 @@ pub fn is_in_sync(
         .all(|(k, v)| labels.get(k) == Some(v));
     labels_ok
         && record_ok
+        && registration_sent_at(observed) == sent_at
         && controlled_by(observed, client)
         && data.iter().all(|(k, v)| observed_data.get(k) == Some(v))
 }
@@ -416,16 +456,16 @@ mod tests {
         );
         let record = credentials();
         let secret = render_secret(&c, data.clone(), Some(&record));
-        assert!(is_in_sync(&secret, &c, &data, Some(&record)));
+        assert!(is_in_sync(&secret, &c, &data, Some(&record), None));
         let mut newer = credentials();
         newer.applied_metadata_hash = Some("h2".into());
         assert!(
-            !is_in_sync(&secret, &c, &data, Some(&newer)),
+            !is_in_sync(&secret, &c, &data, Some(&newer), None),
             "a newer record is out of sync"
         );
         let mut pending = credentials();
         pending.registration_pending = true;
-        assert!(!is_in_sync(&secret, &c, &data, Some(&pending)));
+        assert!(!is_in_sync(&secret, &c, &data, Some(&pending), None));
         let pending_secret = render_secret(&c, data.clone(), Some(&pending));
         assert!(
             read_credentials(&pending_secret, &c, &[])
@@ -487,6 +527,6 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("client_secret".into(), ByteString(b"edited".to_vec()));
-        assert!(!is_in_sync(&secret, &c, &data, None));
+        assert!(!is_in_sync(&secret, &c, &data, None, None));
     }
 }

@@ -71,32 +71,37 @@ impl Run<'_> {
         } else {
             None
         };
-        let registered = match auth.register(desired, chosen.as_ref()).await {
-            // The server created a client whose answer cannot be used: record it, never retry.
-            Err(AuthServerError::RegisteredButUnreadable {
-                endpoint,
-                client_id: Some(client_id),
-                detail,
-            }) => {
-                self.record_orphan(&client_id, "AnswerUnreadable");
-                return Err(AuthServerError::RegisteredButUnreadable {
-                    endpoint,
-                    client_id: Some(client_id),
-                    detail,
+        let registered = match self
+            .send_registration(auth, server, desired, chosen.as_ref())
+            .await
+        {
+            Ok(registered) => registered,
+            // Past the renew deadline the Secret keeps saying the registration is in flight: the next
+            // leader finds it there and records what this instance can no longer write to status.
+            Err(e @ ReconcileError::AuthServer(AuthServerError::NotLeader)) => return Err(e),
+            Err(e) => {
+                // The attempt is over: whatever it may have left on the server is recorded first,
+                // then the Secret stops saying a registration is in flight.
+                if let Some(sent_at) = self.registration_sent_at.take() {
+                    let lost = match &e {
+                        ReconcileError::AuthServer(AuthServerError::RegisteredButUnreadable {
+                            client_id: None,
+                            ..
+                        }) => Some("AnswerUnreadable"),
+                        ReconcileError::AuthServer(a) if a.answer_may_be_lost() => {
+                            Some("AnswerLost")
+                        }
+                        _ => None,
+                    };
+                    if let Some(reason) = lost {
+                        self.record_lost_answer(&sent_at, reason).await?;
+                    }
+                    self.persist(server, &desired.scopes);
                 }
-                .into());
+                return Err(e);
             }
-            // The token may have been rotated or topped up in its Secret since it was cached: try once
-            // more with a fresh read before reporting the error.
-            Err(e)
-                if e.class() == ErrorClass::Credential
-                    && self.ctx.forget_initial_token(server, self.now) =>
-            {
-                let fresh = self.ctx.auth_server(server, true).await?;
-                fresh.register(desired, chosen.as_ref()).await?
-            }
-            other => other?,
         };
+        self.registration_sent_at = None;
         self.accept_registration(registered, server, desired_hash);
         self.persist(server, &desired.scopes);
         self.status.retry = None;
@@ -105,7 +110,7 @@ impl Run<'_> {
         let (reason, note) = match action {
             Action::Replace => {
                 if let Some(old) = previous_client_id.filter(|old| *old != client_id) {
-                    self.record_orphan(&old, "Replaced");
+                    self.record_orphan(&old, "Replaced", self.now);
                 }
                 let why = match server.dialect() {
                     Dialect::Rfc7591 => "the auth server offers no RFC 7592 management".to_owned(),
@@ -139,18 +144,92 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Lists a client left on the server in `status.orphanedClients` (once per client id).
-    pub(super) fn record_orphan(&mut self, client_id: &str, reason: &str) {
+    /// Posts the registration; the answers that end it are sorted out here (an unreadable answer is
+    /// recorded, a refused initial access token is read again once).
+    async fn send_registration(
+        &mut self,
+        auth: &ObservedAuthServer,
+        server: &ResolvedServer,
+        desired: &crate::authserver::ClientMetadata,
+        chosen: Option<&crate::authserver::ClientCredentials>,
+    ) -> Result<RegisteredClient, ReconcileError> {
+        Ok(match auth.register(desired, chosen).await {
+            // The server created a client whose answer cannot be used: record it, never retry.
+            Err(AuthServerError::RegisteredButUnreadable {
+                endpoint,
+                client_id: Some(client_id),
+                detail,
+            }) => {
+                self.record_orphan(&client_id, "AnswerUnreadable", self.now);
+                return Err(AuthServerError::RegisteredButUnreadable {
+                    endpoint,
+                    client_id: Some(client_id),
+                    detail,
+                }
+                .into());
+            }
+            // The token may have been rotated or topped up in its Secret since it was cached: try once
+            // more with a fresh read before reporting the error.
+            Err(e)
+                if e.class() == ErrorClass::Credential
+                    && self.ctx.forget_initial_token(server, self.now) =>
+            {
+                let fresh = self.ctx.auth_server(server, true).await?;
+                fresh.register(desired, chosen).await?
+            }
+            other => other?,
+        })
+    }
+
+    /// Lists a client left on the server in `status.orphanedClients`: once per client id, or, for a
+    /// client whose id nobody learnt (recorded with an empty id), once per registration sent.
+    pub(super) fn record_orphan(&mut self, client_id: &str, reason: &str, since: Timestamp) {
         info!(client = %self.client.name_any(), %client_id, reason, "registration orphaned");
         let orphans = &mut self.status.orphaned_clients;
-        if orphans.iter().all(|o| o.client_id != client_id) {
+        let known = orphans
+            .iter()
+            .any(|o| o.client_id == client_id && (!client_id.is_empty() || o.since.0 == since));
+        if !known {
             orphans.push(OrphanedClient {
                 client_id: client_id.to_owned(),
                 reason: reason.into(),
-                since: Time(self.now),
+                since: Time(since),
             });
-            orphans.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+            orphans.sort_by(|a, b| (&a.client_id, a.since.0).cmp(&(&b.client_id, b.since.0)));
         }
+    }
+
+    /// A registration sent at `sent_at` whose answer never reached the Secret (a timeout, a broken
+    /// connection, or an operator that died waiting): the server may hold a client whose id nobody
+    /// learnt. It is listed with an empty id and the time it was sent, and said in an Event, so an
+    /// admin can find it on the server by its client name and that time.
+    /// The record goes to status at once, before the Secret stops saying the registration is in
+    /// flight, so no crash in between can lose it.
+    pub(super) async fn record_lost_answer(
+        &mut self,
+        sent_at: &str,
+        reason: &str,
+    ) -> Result<(), ReconcileError> {
+        let since = sent_at.parse().unwrap_or(self.now);
+        self.record_orphan("", reason, since);
+        let note = format!(
+            "a registration sent at {sent_at} got no answer the operator could keep; the auth server may hold a client named {:?} registered then, whose id is unknown: it is listed in status.orphanedClients",
+            self.client
+                .spec
+                .client_name
+                .as_deref()
+                .unwrap_or(&self.client.name_any())
+        );
+        self.ctx
+            .publish(
+                self.client,
+                EventType::Warning,
+                "RegistrationAnswerLost",
+                "Register",
+                note,
+            )
+            .await;
+        self.write_status().await
     }
 
     /// Takes in a fresh registration: credentials into memory (persisted by the caller), facts into status.

@@ -33,6 +33,12 @@ impl Dialect {
         matches!(self, Dialect::Rfc7591)
     }
 
+    /// Whether the server picks the client id (and secret) of a registration; S4SLegacy takes the
+    /// caller's.
+    pub fn server_chooses_client_id(self) -> bool {
+        !matches!(self, Dialect::S4sLegacy)
+    }
+
     /// Whether the server has the Sync-for-Science debug-token API.
     pub fn mints_debug_tokens(self) -> bool {
         matches!(self, Dialect::S4s | Dialect::S4sLegacy)

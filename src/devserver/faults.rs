@@ -39,6 +39,10 @@ pub(super) struct FaultPlan {
     /// and then times out or a proxy drops the reply.
     #[serde(default)]
     pub lose_answer_rate: f64,
+    /// Added after every affected request is handled, before its answer goes out: what a slow
+    /// server does after committing, the window in which a client's crash loses the answer.
+    #[serde(default)]
+    pub answer_delay_ms: u64,
     /// Only these endpoints are affected; absent = all.
     #[serde(default)]
     pub endpoints: Option<Vec<Endpoint>>,
@@ -127,7 +131,7 @@ where
 async fn observe(State(observation): State<Observation>, request: Request, next: Next) -> Response {
     let Observation { state, endpoint } = observation;
     let plan = state.faults().filter(|plan| plan.affects(endpoint));
-    if let Some(plan) = plan {
+    if let Some(plan) = &plan {
         if plan.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(plan.latency_ms)).await;
         }
@@ -184,6 +188,9 @@ async fn observe(State(observation): State<Observation>, request: Request, next:
     }
     let method = request.method().clone();
     let response = next.run(request).await;
+    if let Some(delay) = plan.as_ref().map(|p| p.answer_delay_ms).filter(|d| *d > 0) {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let status = response.status();
     state.stats.record(
         endpoint,
