@@ -355,6 +355,21 @@ fn bad_manifests() -> Vec<BadManifest> {
             &["spec.secret.keys", "same Secret key"],
         ),
         bad(
+            "a renamed key that a debug token's keys would overwrite",
+            smart_client("b27t", |s| {
+                s["secret"] = json!({"keys": {"client_secret": "t_access_token"}});
+                s["debugTokens"] = json!([{"name": "t", "user": "daniel-adams"}]);
+            }),
+            &["spec.debugTokens", "would overwrite another Secret key"],
+        ),
+        bad(
+            "a debug token whose keys overwrite a default key",
+            smart_client("b27r", |s| {
+                s["debugTokens"] = json!([{"name": "registration", "user": "daniel-adams"}]);
+            }),
+            &["spec.debugTokens", "would overwrite another Secret key"],
+        ),
+        bad(
             "invalid Secret name",
             smart_client("b28", |s| s["secret"] = json!({"name": "My_Secret"})),
             &["spec.secret.name"],

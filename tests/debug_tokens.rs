@@ -54,3 +54,45 @@ async fn tokens_fresh_turns_false_while_tokens_cannot_be_re_minted_and_back_afte
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_debug_token_takes_its_keys_out_of_the_secret() {
+    let s = setup("tok-removed", DevDialect::S4s, &[]).await;
+    let tokens = json!({"debugTokens": [
+        {"name": "kept", "user": "daniel-adams", "patientId": "smart-1288992"},
+        {"name": "gone", "user": "daniel-adams", "patientId": "smart-1288992"},
+    ]});
+    create(&s.client, Some(&s.ns), smart_client("app", tokens))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert!(secret_value(&secret, "gone_access_token").is_some());
+
+    patch_spec(
+        &s,
+        "app",
+        json!({"debugTokens": [{"name": "kept", "user": "daniel-adams", "patientId": "smart-1288992"}]}),
+    )
+    .await;
+    let mints = s.server.count("debug_token").await;
+    eventually(
+        "the removed token's keys gone from the Secret",
+        Duration::from_secs(20),
+        || async {
+            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
+            let keys: Vec<String> = secret.data?.keys().cloned().collect();
+            (!keys.iter().any(|k| k.starts_with("gone_"))
+                && keys.iter().any(|k| k == "kept_access_token"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.server.count("debug_token").await,
+        mints,
+        "the kept token is not minted again"
+    );
+}

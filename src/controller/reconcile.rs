@@ -426,9 +426,12 @@ impl Run<'_> {
             self.ctx.remember(&self.uid, Some(recovered.clone()));
             Some(recovered)
         });
-        let Some(record) = &self.credentials else {
+        let Some(record) = self.credentials.as_mut() else {
             return;
         };
+        // Tokens the spec no longer names leave the record, and so the Secret.
+        record.tokens.retain(|name, _| token_names.contains(name));
+        let record = &*record;
         // Status reports the record; where a status write was lost, it catches up from it.
         if self.status.client_id.as_ref() != Some(&record.client_id) {
             self.status.client_id = Some(record.client_id.clone());

@@ -21,6 +21,10 @@ pub const APPLIED_METADATA_HASH_ANNOTATION: &str = "smart.fhir.dev/applied-metad
 /// Annotation marking credentials the operator chose and wrote before posting them (S4SLegacy) and the
 /// server has not confirmed yet: they are posted again, never taken as registered.
 pub const REGISTRATION_PENDING_ANNOTATION: &str = "smart.fhir.dev/registration-pending";
+/// Annotation naming the debug tokens whose keys the Secret holds: a token removed from the spec
+/// changes it, so the Secret is written again and its keys go (server-side apply removes what the
+/// operator no longer sets; review C17).
+pub const DEBUG_TOKENS_ANNOTATION: &str = "smart.fhir.dev/debug-tokens";
 /// Annotation written before a registration whose id the server chooses is sent (RFC7591, S4S), with
 /// the time it was sent, and emptied once the answer is in the Secret. Found set by an operator that
 /// did not write it, it says that an operator died (or lost its lease) with the answer in flight: the
@@ -286,6 +290,10 @@ fn record_annotations(record: Option<&StoredCredentials>) -> BTreeMap<String, St
     if record.registration_pending {
         annotations.insert(REGISTRATION_PENDING_ANNOTATION.into(), "true".into());
     }
+    if !record.tokens.is_empty() {
+        let names: Vec<&str> = record.tokens.keys().map(String::as_str).collect();
+        annotations.insert(DEBUG_TOKENS_ANNOTATION.into(), names.join(","));
+    }
     annotations
 }
 
@@ -305,6 +313,7 @@ pub fn is_in_sync(
     let record_ok = [
         APPLIED_METADATA_HASH_ANNOTATION,
         REGISTRATION_PENDING_ANNOTATION,
+        DEBUG_TOKENS_ANNOTATION,
     ]
     .iter()
     .all(|key| {
@@ -477,6 +486,25 @@ mod tests {
         assert_eq!(read.client_id, "id-1");
         assert_eq!(read.client_secret.unwrap().expose_secret(), "secret-1");
         assert_eq!(read.tokens["daniel"].access_token.expose_secret(), "at");
+    }
+
+    #[test]
+    fn a_record_without_a_token_the_secret_holds_is_out_of_sync() {
+        let c = client(serde_json::json!({}));
+        let record = credentials();
+        let secret = render_secret(
+            &c,
+            render_data(&c, &record, &PublicValues::default()),
+            Some(&record),
+        );
+        assert_eq!(secret.annotations()[DEBUG_TOKENS_ANNOTATION], "daniel");
+        let mut pruned = credentials();
+        pruned.tokens.clear();
+        let data = render_data(&c, &pruned, &PublicValues::default());
+        assert!(
+            !is_in_sync(&secret, &c, &data, Some(&pruned), None),
+            "the Secret still holds the removed token's keys"
+        );
     }
 
     #[test]

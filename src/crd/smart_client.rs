@@ -81,6 +81,10 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     .message("the refresh_token grant needs authorization_code (refresh tokens come from authorizations)")
     .field_path(".grantTypes")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(token_keys_collision_rule())
+    .message("a debug token's keys (<name>_access_token, <name>_refresh_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, registration_access_token, ... or their names in secret.keys): rename the token or the key")
+    .field_path(".debugTokens")
+    .reason(Reason::FieldValueInvalid))]
 pub struct SmartClientSpec {
     /// The auth server to register with: a SmartAuthServer of this namespace or a
     /// ClusterSmartAuthServer that admits this namespace. Immutable.
@@ -356,6 +360,36 @@ const SECRET_KEYS_UNIQUE_RULE: &str = "[\
     has(self.fhir_base_url) ? self.fhir_base_url : 'fhir_base_url', \
     has(self.scope) ? self.scope : 'scope'\
     ].filter(o, o == k).size() == 1)";
+
+/// The seven output keys of `spec.secret.keys`, renamed or not, as a CEL list (self = the spec).
+fn secret_keys_cel() -> String {
+    let keys = [
+        "client_id",
+        "client_secret",
+        "registration_access_token",
+        "registration_client_uri",
+        "token_endpoint",
+        "fhir_base_url",
+        "scope",
+    ]
+    .map(|k| {
+        format!("(has(self.secret) && has(self.secret.keys) && has(self.secret.keys.{k}) ? self.secret.keys.{k} : '{k}')")
+    });
+    format!("[{}]", keys.join(", "))
+}
+
+/// The Secret keys a debug token `t` writes, as a CEL list.
+const TOKEN_KEYS_CEL: &str =
+    "[t.name + '_access_token', t.name + '_refresh_token', t.name + '_expires_at']";
+
+/// A debug token's keys must not be an output key, or the token would overwrite it (and after a
+/// restart be read back as the credential; review C17).
+fn token_keys_collision_rule() -> String {
+    format!(
+        "!has(self.debugTokens) || self.debugTokens.all(t, {TOKEN_KEYS_CEL}.all(k, !(k in {})))",
+        secret_keys_cel()
+    )
+}
 
 /// An access token minted for a test user through the Sync-for-Science debug API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
