@@ -111,3 +111,64 @@ async fn a_second_smart_client_naming_the_same_secret_is_refused_across_restarts
     assert_eq!(owners.len(), 1, "{owners:?}");
     assert_eq!(owners[0].name, "a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_secret_takes_the_credentials_and_the_old_one_keeps_none() {
+    let mut s = setup("own-rename", DevDialect::Rfc7591, &[]).await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"secret": {"name": "first"}})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let id = secret_value(
+        &get_secret(&s.client, &s.ns, "first").await.unwrap(),
+        "client_id",
+    );
+    assert!(id.is_some());
+
+    patch_spec(&s, "app", json!({"secret": {"name": "second"}})).await;
+    eventually(
+        "the credentials in the new Secret and out of the old one",
+        Duration::from_secs(20),
+        || async {
+            let second = get_secret(&s.client, &s.ns, "second").await?;
+            let first = get_secret(&s.client, &s.ns, "first").await?;
+            let status = api(&s).get("app").await.ok()?.status?;
+            (secret_value(&second, "client_id") == id
+                && first.data.unwrap_or_default().is_empty()
+                && status.secret_name.as_deref() == Some("second"))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "nothing registered again"
+    );
+    wait_for_event(&s.client, &s.ns, "SecretRetired").await;
+
+    // Renamed while the operator is down: the restarted operator finds the credentials in the old one.
+    s.operator.kill_hard();
+    patch_spec(&s, "app", json!({"secret": {"name": "third"}})).await;
+    s.operator.restart();
+    eventually(
+        "the credentials moved to the third Secret",
+        Duration::from_secs(20),
+        || async {
+            let third = get_secret(&s.client, &s.ns, "third").await?;
+            let second = get_secret(&s.client, &s.ns, "second").await?;
+            (secret_value(&third, "client_id") == id && second.data.unwrap_or_default().is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "nothing registered again"
+    );
+}

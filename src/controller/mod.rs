@@ -11,6 +11,7 @@ pub mod events;
 pub mod observed;
 pub mod plan;
 pub mod reconcile;
+mod record;
 pub mod resolve;
 pub mod secret;
 mod steps;
