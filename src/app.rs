@@ -1,19 +1,20 @@
 //! Wiring: the Kubernetes client, leader election, the controllers, health and metrics, shutdown.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
 use futures::future::join_all;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -375,9 +376,12 @@ async fn run_controllers(
     ));
     let mut controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     let mut stores = Vec::new();
+    let client_stores: Vec<Store<SmartClient>> = watches.iter().map(|w| w.1.clone()).collect();
     for (namespace, store, client_events, secret_events, server_events, cluster_server_events) in
         watches
     {
+        let client_events =
+            forget_deleted_clients(client_events, ctx.clone(), client_stores.clone());
         stores.push(store.clone());
         let (by_namespaced, by_cluster) = (store.clone(), store.clone());
         let config = kube::runtime::controller::Config::default().concurrency(options.concurrency);
@@ -448,6 +452,29 @@ async fn run_controllers(
         health.ready.store(true, Ordering::Relaxed);
     });
     join_all(controllers).await;
+}
+
+/// Memory follows the SmartClients that exist: a deleted one is forgotten when the watch reports it,
+/// and after every (re-)list whatever no store holds any more (a deletion missed while the watch was
+/// down). The finalizer's cleanup forgets too, but it never runs for an object whose finalizer was
+/// stripped by hand.
+fn forget_deleted_clients(
+    events: impl Stream<Item = Result<watcher::Event<SmartClient>, watcher::Error>> + Send + 'static,
+    ctx: Arc<Context>,
+    stores: Vec<Store<SmartClient>>,
+) -> impl Stream<Item = Result<watcher::Event<SmartClient>, watcher::Error>> + Send + 'static {
+    events.inspect(move |event| match event {
+        Ok(watcher::Event::Delete(client)) => ctx.forget(&client.uid().unwrap_or_default()),
+        Ok(watcher::Event::InitDone) => {
+            let existing: HashSet<String> = stores
+                .iter()
+                .flat_map(|store| store.state())
+                .filter_map(|client| client.uid())
+                .collect();
+            ctx.forget_absent(|uid| existing.contains(uid));
+        }
+        _ => {}
+    })
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>

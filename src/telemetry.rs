@@ -64,6 +64,8 @@ pub struct Metrics {
     debug_token_next_expiry: Gauge,
     debug_token_next_refresh: Gauge,
     debug_tokens: Gauge,
+    /// SmartClients the operator holds a record of in memory; falls as they are deleted.
+    pub clients_remembered: Gauge,
     /// Per token (`<uid>/<name>`): expiry and next refresh, Unix seconds. Aggregated into the gauges.
     token_schedule: Mutex<HashMap<String, (i64, i64)>>,
 }
@@ -85,6 +87,7 @@ impl Default for Metrics {
         let debug_token_next_expiry = Gauge::default();
         let debug_token_next_refresh = Gauge::default();
         let debug_tokens = Gauge::default();
+        let clients_remembered = Gauge::default();
         registry.register(
             "reconcile",
             "Reconciles by controller and result",
@@ -121,6 +124,11 @@ impl Default for Metrics {
             debug_token_next_refresh.clone(),
         );
         registry.register("debug_tokens", "Debug tokens held", debug_tokens.clone());
+        registry.register(
+            "clients_remembered",
+            "SmartClients whose record the operator holds in memory",
+            clients_remembered.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -131,6 +139,7 @@ impl Default for Metrics {
             debug_token_next_expiry,
             debug_token_next_refresh,
             debug_tokens,
+            clients_remembered,
             token_schedule: Mutex::default(),
         }
     }

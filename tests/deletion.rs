@@ -123,3 +123,50 @@ async fn an_auth_server_that_is_not_ready_during_deletion_is_waited_for_not_orph
     .await;
     assert_eq!(s.server.count("delete").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smart_client_deleted_without_its_cleanup_leaves_nothing_in_memory() {
+    let s = setup("del-no-finalizer", DevDialect::Rfc7591, &[]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    assert_eq!(
+        s.operator.metric("smart_operator_clients_remembered").await,
+        Some(1.0)
+    );
+    // The cleanup cannot finish (every delete fails), and someone strips the finalizer: the object
+    // goes without the operator's cleanup ever completing.
+    s.server
+        .set_faults(json!({"error_rate": 1.0, "endpoints": ["delete"]}))
+        .await;
+    api(&s)
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("a failed delete", Duration::from_secs(10), || async {
+        (s.server.count("delete").await >= 1).then_some(())
+    })
+    .await;
+    api(&s)
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    eventually("the SmartClient gone", Duration::from_secs(10), || async {
+        api(&s).get_opt("app").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually(
+        "memory lets go of the deleted client",
+        Duration::from_secs(10),
+        || async {
+            (s.operator.metric("smart_operator_clients_remembered").await == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -183,7 +183,6 @@ async fn delete(
 
 fn let_go(ctx: &Context, uid: &str) -> Cleanup {
     ctx.forget(uid);
-    ctx.metrics.forget_tokens_of(uid);
     Cleanup::Done
 }
 

@@ -105,6 +105,15 @@ impl Context {
         }
     }
 
+    /// Changes what is remembered of one SmartClient (creating its entry), and keeps the
+    /// `clients_remembered` gauge in step.
+    fn with_memory<R>(&self, uid: &str, change: impl FnOnce(&mut Memory) -> R) -> Option<R> {
+        let mut memory = self.memory.lock().ok()?;
+        let result = change(memory.entry(uid.to_owned()).or_default());
+        self.metrics.clients_remembered.set(memory.len() as i64);
+        Some(result)
+    }
+
     pub(super) fn remembered(&self, uid: &str) -> Option<StoredCredentials> {
         self.memory
             .lock()
@@ -114,9 +123,7 @@ impl Context {
     }
 
     pub(super) fn remember(&self, uid: &str, credentials: Option<StoredCredentials>) {
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.entry(uid.to_owned()).or_default().credentials = credentials;
-        }
+        self.with_memory(uid, |m| m.credentials = credentials);
     }
 
     /// Whether this operator sent the registration recorded in flight since `sent_at`, or has
@@ -130,12 +137,7 @@ impl Context {
     }
 
     pub(super) fn remember_registration(&self, uid: &str, sent_at: &str) {
-        if let Ok(mut memory) = self.memory.lock() {
-            memory
-                .entry(uid.to_owned())
-                .or_default()
-                .registration_sent_at = Some(sent_at.to_owned());
-        }
+        self.with_memory(uid, |m| m.registration_sent_at = Some(sent_at.to_owned()));
     }
 
     /// The newest status of this generation: what the operator last wrote, else the object's.
@@ -163,15 +165,35 @@ impl Context {
     }
 
     pub(super) fn remember_status(&self, uid: &str, generation: i64, status: &SmartClientStatus) {
-        if let Ok(mut memory) = self.memory.lock() {
-            memory.entry(uid.to_owned()).or_default().written_status =
-                Some((generation, status.clone()));
-        }
+        self.with_memory(uid, |m| {
+            m.written_status = Some((generation, status.clone()))
+        });
     }
 
-    pub(super) fn forget(&self, uid: &str) {
-        if let Ok(mut memory) = self.memory.lock() {
+    /// Lets go of everything held for a SmartClient that is gone: its record and its token metrics.
+    pub fn forget(&self, uid: &str) {
+        self.forget_where(|known| known == uid);
+    }
+
+    /// Lets go of every SmartClient `exists` does not know: objects deleted without the operator's
+    /// cleanup (a finalizer stripped by hand, a deletion missed while a watch was down) would
+    /// otherwise stay in memory and in the metrics for good (review C17).
+    pub fn forget_absent(&self, exists: impl Fn(&str) -> bool) {
+        self.forget_where(|uid| !exists(uid));
+    }
+
+    fn forget_where(&self, gone: impl Fn(&str) -> bool) {
+        let Ok(mut memory) = self.memory.lock() else {
+            return;
+        };
+        let uids: Vec<String> = memory.keys().filter(|uid| gone(uid)).cloned().collect();
+        for uid in &uids {
             memory.remove(uid);
+        }
+        self.metrics.clients_remembered.set(memory.len() as i64);
+        drop(memory);
+        for uid in &uids {
+            self.metrics.forget_tokens_of(uid);
         }
     }
 
@@ -179,27 +201,19 @@ impl Context {
     /// does not probe every client at once.
     pub(super) fn next_existence_check(&self, uid: &str, now: Timestamp) -> Timestamp {
         let interval = self.settings.existence_check_interval;
-        let Ok(mut memory) = self.memory.lock() else {
-            return now + interval;
-        };
-        *memory
-            .entry(uid.to_owned())
-            .or_default()
-            .next_existence_check
-            .get_or_insert_with(|| now + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>()))
+        self.with_memory(uid, |m| {
+            *m.next_existence_check
+                .get_or_insert_with(|| now + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>()))
+        })
+        .unwrap_or(now + interval)
     }
 
     pub(super) fn schedule_existence_check(&self, uid: &str, now: Timestamp) {
-        if let Ok(mut memory) = self.memory.lock() {
-            let jitter = self
-                .settings
-                .existence_check_interval
-                .mul_f64(0.1 * rand::random::<f64>());
-            memory
-                .entry(uid.to_owned())
-                .or_default()
-                .next_existence_check = Some(now + self.settings.existence_check_interval + jitter);
-        }
+        let interval = self.settings.existence_check_interval;
+        let jitter = interval.mul_f64(0.1 * rand::random::<f64>());
+        self.with_memory(uid, |m| {
+            m.next_existence_check = Some(now + interval + jitter)
+        });
     }
 
     pub(super) async fn http_client(

@@ -123,6 +123,35 @@ impl Operator {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// The operator's `/metrics` text (the address is the one its log names).
+    pub async fn metrics(&self) -> String {
+        let log = self.log();
+        let address = log
+            .lines()
+            .rev()
+            .find_map(|line| {
+                line.contains("serving /metrics")
+                    .then(|| line.split("address=").nth(1))
+                    .flatten()
+            })
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+            .expect("the operator logs its metrics address");
+        reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .expect("metrics endpoint answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// One sample of `/metrics`, by its full name (labels included, if any).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok()).flatten()
+        })
+    }
 }
 
 impl Drop for Operator {
