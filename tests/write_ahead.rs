@@ -487,3 +487,70 @@ async fn a_registration_access_token_rotated_by_the_existence_check_is_kept() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_edited_while_the_operator_was_down_are_not_taken_as_its_own() {
+    let mut s = setup(
+        "wal-edited",
+        DevDialect::S4s,
+        &["--existence-check-interval", "2s"],
+    )
+    .await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let original = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    s.operator.kill_hard();
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    secrets
+        .patch(
+            "app-smart-client",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"stringData": {"client_secret": "edited by hand"}})),
+        )
+        .await
+        .unwrap();
+    s.operator.restart();
+    let refused = eventually(
+        "Ready=False SecretEdited",
+        Duration::from_secs(30),
+        || async {
+            let client = api(&s).get("app").await.ok()?;
+            condition(&client, "Ready")
+                .filter(|(status, _)| status == "False")
+                .and_then(|_| {
+                    let c = client
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "Ready")?;
+                    (c.reason == "SecretEdited").then(|| c.message.clone())
+                })
+        },
+    )
+    .await;
+    assert!(refused.contains("edited"), "{refused}");
+    // Several existence-check intervals: nothing registered in place of the edited client.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "nothing registered again"
+    );
+
+    // Restoring the original value is all it takes.
+    secrets
+        .patch(
+            "app-smart-client",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"data": {"client_secret": original.data.as_ref().unwrap()["client_secret"]}})),
+        )
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    assert_eq!(s.server.count("register").await, 1);
+}

@@ -25,7 +25,8 @@ use super::plan::{
 };
 use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{
-    SecretOwnership, StoredCredentials, is_in_sync, render_data, secret_name, secret_ownership,
+    SecretOwnership, StoredCredentials, credentials_edited, is_in_sync, render_data, secret_name,
+    secret_ownership,
 };
 use crate::authserver::{AuthServerError, ClientCredentials, ErrorClass};
 use crate::crd::{Dialect, SmartClient, SmartClientStatus, condition};
@@ -328,6 +329,16 @@ impl Run<'_> {
             {
                 return Ok(self.record_secret_conflict(why).await);
             }
+            // Memory is empty (a restart) and the Secret's credentials are not the ones the operator
+            // wrote: acting on them would take an edited secret for a forgotten client.
+            if self.credentials.is_none()
+                && self
+                    .observed_secret
+                    .as_ref()
+                    .is_some_and(|observed| credentials_edited(observed, self.client))
+            {
+                return Ok(self.record_secret_edited().await);
+            }
             let needs_initial_token = matches!(
                 action,
                 Action::Register | Action::ReRegister | Action::Replace
@@ -559,21 +570,44 @@ impl Run<'_> {
     /// The Secret the spec names is not the operator's to write: refuse, and look again now and then
     /// (the Secret may be deleted or renamed; the operator watches only its own Secrets).
     pub(super) async fn record_secret_conflict(&mut self, message: String) -> Requeue {
-        self.status.retry = None;
-        self.report_not_ready(
+        self.record_secret_refused(
             "SecretConflict",
-            message.clone(),
             message,
-            "Reconcile",
-            false,
+            "the Secret the spec names belongs to someone else; nothing is written to it",
         )
-        .await;
+        .await
+    }
+
+    pub(super) async fn record_secret_edited(&mut self) -> Requeue {
+        let name = secret_name(self.client);
+        let message = format!(
+            "the credentials in Secret {name} were edited while the operator did not hold them (they differ from the ones it wrote), so they are not taken as this client's and nothing is registered in their place: put the original values back, or delete Secret {name} to have the client registered anew"
+        );
+        self.record_secret_refused(
+            "SecretEdited",
+            message,
+            "the Secret's credentials were edited; nothing is written to it",
+        )
+        .await
+    }
+
+    /// A Secret the operator may not act on: no write, no remote call; looked at again when it
+    /// changes, and every minute.
+    async fn record_secret_refused(
+        &mut self,
+        reason: &str,
+        message: String,
+        synced: &str,
+    ) -> Requeue {
+        self.status.retry = None;
+        self.report_not_ready(reason, message.clone(), message, "Reconcile", false)
+            .await;
         set_condition(
             &mut self.status.conditions,
             condition::SECRET_SYNCED,
             false,
-            "SecretConflict",
-            "the Secret the spec names belongs to someone else; nothing is written to it",
+            reason,
+            synced,
             Some(self.generation),
             self.now,
         );

@@ -21,6 +21,12 @@ pub const APPLIED_METADATA_HASH_ANNOTATION: &str = "smart.fhir.dev/applied-metad
 /// Annotation marking credentials the operator chose and wrote before posting them (S4SLegacy) and the
 /// server has not confirmed yet: they are posted again, never taken as registered.
 pub const REGISTRATION_PENDING_ANNOTATION: &str = "smart.fhir.dev/registration-pending";
+/// Annotation holding a SHA-256 digest of the credentials the operator wrote (client id, secret,
+/// registration access token). After a restart the Secret is the operator's only record; a Secret whose
+/// credentials no longer match it was edited by someone else, and is not taken as the truth (the next
+/// existence check would take an edited secret for a client the server forgot, and register again).
+/// A digest of high-entropy secrets discloses nothing of them.
+pub const CREDENTIALS_DIGEST_ANNOTATION: &str = "smart.fhir.dev/credentials-sha256";
 /// Annotation naming the debug tokens whose keys the Secret holds: a token removed from the spec
 /// changes it, so the Secret is written again and its keys go (server-side apply removes what the
 /// operator no longer sets; review C17).
@@ -284,6 +290,10 @@ fn record_annotations(record: Option<&StoredCredentials>) -> BTreeMap<String, St
     let Some(record) = record else {
         return annotations;
     };
+    annotations.insert(
+        CREDENTIALS_DIGEST_ANNOTATION.into(),
+        credentials_digest(record),
+    );
     if let Some(hash) = &record.applied_metadata_hash {
         annotations.insert(APPLIED_METADATA_HASH_ANNOTATION.into(), hash.clone());
     }
@@ -295,6 +305,30 @@ fn record_annotations(record: Option<&StoredCredentials>) -> BTreeMap<String, St
         annotations.insert(DEBUG_TOKENS_ANNOTATION.into(), names.join(","));
     }
     annotations
+}
+
+/// SHA-256 over the credentials of a record, hex.
+fn credentials_digest(record: &StoredCredentials) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in [
+        Some(record.client_id.as_str()),
+        record.client_secret.as_ref().map(|s| s.expose_secret()),
+        record
+            .registration_access_token
+            .as_ref()
+            .map(|s| s.expose_secret()),
+    ] {
+        // Length-prefixed, so no two different records hash the same input.
+        let part = part.unwrap_or_default();
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether the observed Secret holds exactly what the operator would write for the keys it owns and is
@@ -310,17 +344,21 @@ pub fn is_in_sync(
     let labels = observed.labels();
     let wanted = render_secret(client, BTreeMap::new(), None);
     let observed_annotations = observed.annotations();
+    let wanted_annotations = record_annotations(record);
     let record_ok = [
         APPLIED_METADATA_HASH_ANNOTATION,
         REGISTRATION_PENDING_ANNOTATION,
         DEBUG_TOKENS_ANNOTATION,
+        CREDENTIALS_DIGEST_ANNOTATION,
     ]
     .iter()
     .all(|key| {
-        record_annotations(record).get(*key) == observed_annotations.get(*key)
+        wanted_annotations.get(*key) == observed_annotations.get(*key)
             // Records written before the hash was kept: an absent hash is not a difference.
             || (*key == APPLIED_METADATA_HASH_ANNOTATION
                 && record.is_none_or(|r| r.applied_metadata_hash.is_none()))
+            // Nor is an absent digest (Secrets written before it was kept): the next write adds it.
+            || (*key == CREDENTIALS_DIGEST_ANNOTATION && !observed_annotations.contains_key(*key))
     });
     let labels_ok = wanted
         .metadata
@@ -336,7 +374,8 @@ pub fn is_in_sync(
 }
 
 /// Reads credentials back from a Secret the operator wrote (after a restart, when memory is empty).
-/// Returns None unless the Secret belongs to this client and holds its client id.
+/// Returns None unless the Secret belongs to this client, holds its client id, and holds the
+/// credentials the operator wrote (see [`credentials_edited`]).
 pub fn read_credentials(
     observed: &Secret,
     client: &SmartClient,
@@ -367,7 +406,7 @@ pub fn read_credentials(
             ))
         })
         .collect();
-    Some(StoredCredentials {
+    let record = StoredCredentials {
         client_id,
         client_secret: secret(&keys.client_secret),
         registration_access_token: secret(&keys.registration_access_token),
@@ -381,7 +420,21 @@ pub fn read_credentials(
             .annotations()
             .get(REGISTRATION_PENDING_ANNOTATION)
             .is_some_and(|v| v == "true"),
-    })
+    };
+    let digest = observed.annotations().get(CREDENTIALS_DIGEST_ANNOTATION);
+    digest
+        .is_none_or(|digest| *digest == credentials_digest(&record))
+        .then_some(record)
+}
+
+/// Whether an owned Secret's credentials differ from the ones the operator wrote (someone edited
+/// them): such a Secret is no record of the operator's.
+pub fn credentials_edited(observed: &Secret, client: &SmartClient) -> bool {
+    controlled_by(observed, client)
+        && observed
+            .annotations()
+            .contains_key(CREDENTIALS_DIGEST_ANNOTATION)
+        && read_credentials(observed, client, &[]).is_none()
 }
 
 #[cfg(test)]
@@ -505,6 +558,28 @@ mod tests {
             !is_in_sync(&secret, &c, &data, Some(&pruned), None),
             "the Secret still holds the removed token's keys"
         );
+    }
+
+    #[test]
+    fn a_secret_whose_credentials_were_edited_is_no_record() {
+        let c = client(serde_json::json!({}));
+        let record = credentials();
+        let data = render_data(&c, &record, &PublicValues::default());
+        let mut secret = render_secret(&c, data, Some(&record));
+        assert!(read_credentials(&secret, &c, &[]).is_some());
+        assert!(!credentials_edited(&secret, &c));
+        secret
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("client_secret".into(), ByteString(b"edited".to_vec()));
+        assert!(read_credentials(&secret, &c, &[]).is_none());
+        assert!(credentials_edited(&secret, &c));
+        // Written before the digest was kept: trusted as before.
+        secret
+            .annotations_mut()
+            .remove(CREDENTIALS_DIGEST_ANNOTATION);
+        assert!(read_credentials(&secret, &c, &[]).is_some());
     }
 
     #[test]
