@@ -70,9 +70,37 @@ pub struct Context {
     pub caches: Caches,
     pub leadership: Arc<Leadership>,
     memory: Mutex<HashMap<String, Memory>>,
-    /// Per auth server: the fingerprint it was built for, and the client.
-    http_clients: Mutex<HashMap<String, (String, HttpClient)>>,
+    http_clients: Arc<HttpClients>,
     initial_tokens: Mutex<HashMap<String, CachedToken>>,
+}
+
+/// One HTTP client per auth server (`kind/namespace/name`), with the fingerprint of the server
+/// resource it was built for. The CA bundle is read when a client is built: a server that cannot be
+/// reached (a rotated certificate the old CA does not sign, among others) loses its client, so the
+/// next attempt reads the CA Secret again (review C17: a CA rotated in its Secret was never seen).
+#[derive(Default)]
+pub struct HttpClients(Mutex<HashMap<String, (String, HttpClient)>>);
+
+impl HttpClients {
+    fn get(&self, server: &str, fingerprint: &str) -> Option<HttpClient> {
+        let clients = self.0.lock().ok()?;
+        clients
+            .get(server)
+            .filter(|(built_for, _)| built_for == fingerprint)
+            .map(|(_, http)| http.clone())
+    }
+
+    fn insert(&self, server: String, fingerprint: String, http: HttpClient) {
+        if let Ok(mut clients) = self.0.lock() {
+            clients.insert(server, (fingerprint, http));
+        }
+    }
+
+    pub fn forget(&self, server: &str) {
+        if let Ok(mut clients) = self.0.lock() {
+            clients.remove(server);
+        }
+    }
 }
 
 /// An initial access token as read from its Secret, and for which server configuration.
@@ -100,7 +128,7 @@ impl Context {
             caches,
             leadership,
             memory: Mutex::default(),
-            http_clients: Mutex::default(),
+            http_clients: Arc::default(),
             initial_tokens: Mutex::default(),
         }
     }
@@ -222,11 +250,7 @@ impl Context {
     ) -> Result<HttpClient, ReconcileError> {
         // One client per auth server, rebuilt when the server resource changes (a new CA, say).
         let key = server.metric_label();
-        if let Some(http) = self.http_clients.lock().ok().and_then(|c| {
-            c.get(&key)
-                .filter(|(f, _)| *f == server.fingerprint)
-                .map(|(_, h)| h.clone())
-        }) {
+        if let Some(http) = self.http_clients.get(&key, &server.fingerprint) {
             return Ok(http);
         }
         let settings = http_settings(
@@ -237,9 +261,8 @@ impl Context {
         )
         .await?;
         let http = HttpClient::new(&settings)?;
-        if let Ok(mut cache) = self.http_clients.lock() {
-            cache.insert(key, (server.fingerprint.clone(), http.clone()));
-        }
+        self.http_clients
+            .insert(key, server.fingerprint.clone(), http.clone());
         Ok(http)
     }
 
@@ -315,6 +338,7 @@ impl Context {
             metrics: self.metrics.clone(),
             server: server.metric_label(),
             leadership: self.leadership.clone(),
+            http_clients: self.http_clients.clone(),
         })
     }
 

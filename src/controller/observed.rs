@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use secrecy::SecretString;
 
+use super::context::HttpClients;
 use crate::authserver::{
     AuthServer, AuthServerClient, AuthServerError, ClientCredentials, ClientMetadata,
     DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient, TokenInfo,
@@ -19,6 +20,7 @@ pub struct ObservedAuthServer {
     /// `<kind>/<namespace>/<name>` of the auth server resource.
     pub server: String,
     pub leadership: Arc<Leadership>,
+    pub http_clients: Arc<HttpClients>,
 }
 
 impl ObservedAuthServer {
@@ -43,6 +45,10 @@ impl ObservedAuthServer {
             Ok(_) => "ok",
             Err(e) => e.reason(),
         };
+        if let Err(AuthServerError::Unreachable { .. }) = &result {
+            // Built afresh next time, with the CA bundle read again.
+            self.http_clients.forget(&self.server);
+        }
         self.metrics
             .observe_request(&self.server, operation, status, started.elapsed());
         result

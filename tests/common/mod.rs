@@ -8,6 +8,7 @@
 pub mod auth_proxy;
 pub mod operator;
 pub mod scenario;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
