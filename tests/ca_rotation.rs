@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::operator::*;
 use common::scenario::smart_client;
 use common::tls::{TlsFront, make_pki};
