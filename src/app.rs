@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::controller::auth_server::{AuthServerResource, reconcile_server, server_error_policy};
 use crate::controller::cache::{Caches, cached_watch, watch_backoff};
+use crate::controller::context::WipedServer;
 use crate::controller::reconcile::{ReconcileError, error_policy, reconcile};
 use crate::controller::secret::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::controller::{Context, Settings};
@@ -384,6 +385,7 @@ async fn run_controllers(
             forget_deleted_clients(client_events, ctx.clone(), client_stores.clone());
         stores.push(store.clone());
         let (by_namespaced, by_cluster) = (store.clone(), store.clone());
+        let store_for_alarms = store.clone();
         let config = kube::runtime::controller::Config::default().concurrency(options.concurrency);
         controllers.push(Box::pin(
             Controller::for_stream(client_events.applied_objects(), store)
@@ -414,6 +416,10 @@ async fn run_controllers(
                         )
                     },
                 )
+                .reconcile_on(clients_of_wiped_servers(
+                    ctx.wipe_alarms(),
+                    store_for_alarms,
+                ))
                 .graceful_shutdown_on(shutdown.clone())
                 .run(observed_reconcile, error_policy, ctx.clone())
                 .for_each(|_| async {}),
@@ -545,6 +551,32 @@ fn record(
 }
 
 /// The SmartClients that refer to an auth server, to reconcile them when it changes.
+/// The clients (in `store`) of each server suspected wiped, for a reconcile each: their existence
+/// checks are due at once.
+fn clients_of_wiped_servers(
+    alarms: tokio::sync::broadcast::Receiver<WipedServer>,
+    store: Store<SmartClient>,
+) -> impl Stream<Item = ObjectRef<SmartClient>> + Send + 'static {
+    futures::stream::unfold(alarms, |mut alarms| async move {
+        loop {
+            match alarms.recv().await {
+                Ok(server) => return Some((server, alarms)),
+                // Missed alarms: the clients' own checks still come within the interval.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flat_map(move |server: WipedServer| {
+        futures::stream::iter(clients_of(
+            &store,
+            server.kind,
+            &server.name,
+            server.namespace,
+        ))
+    })
+}
+
 fn clients_of(
     store: &kube::runtime::reflector::Store<SmartClient>,
     kind: AuthServerKind,

@@ -18,7 +18,7 @@ use super::reconcile::ReconcileError;
 use super::resolve::{ResolvedServer, http_settings, read_secret_key};
 use super::secret::StoredCredentials;
 use crate::authserver::{AuthServerClient, HttpClient, HttpSettings};
-use crate::crd::{SmartClient, SmartClientStatus};
+use crate::crd::{AuthServerKind, SmartClient, SmartClientStatus};
 use crate::leadership::Leadership;
 use crate::telemetry::Metrics;
 
@@ -53,6 +53,8 @@ impl Default for Settings {
 struct Memory {
     credentials: Option<StoredCredentials>,
     next_existence_check: Option<Timestamp>,
+    /// When the auth server last answered an existence check (or registration) for this client.
+    last_existence_check: Option<Timestamp>,
     /// The last status written, with the generation it describes. The watch cache may hand the next
     /// reconcile an object from before that write; this keeps the operator from acting twice.
     written_status: Option<(i64, SmartClientStatus)>,
@@ -72,6 +74,12 @@ pub struct Context {
     memory: Mutex<HashMap<String, Memory>>,
     http_clients: Arc<HttpClients>,
     initial_tokens: Mutex<HashMap<String, CachedToken>>,
+    /// Per auth server (`kind/namespace/name`): when a check last found one of its clients gone. The
+    /// clients of a server are wiped together (a redeployed S4S auth-proxy), so every client checked
+    /// before that time is due for a check at once.
+    wipes_suspected: Mutex<HashMap<String, Timestamp>>,
+    /// Tells the controllers to reconcile every client of a server suspected wiped.
+    wipe_alarm: tokio::sync::broadcast::Sender<WipedServer>,
 }
 
 /// One HTTP client per auth server (`kind/namespace/name`), with the fingerprint of the server
@@ -103,6 +111,15 @@ impl HttpClients {
     }
 }
 
+/// An auth server suspected wiped, as the controllers find its clients.
+#[derive(Clone, Debug)]
+pub struct WipedServer {
+    pub kind: AuthServerKind,
+    pub name: String,
+    /// The namespace of a SmartAuthServer; None for a ClusterSmartAuthServer.
+    pub namespace: Option<String>,
+}
+
 /// An initial access token as read from its Secret, and for which server configuration.
 struct CachedToken {
     fingerprint: String,
@@ -130,6 +147,8 @@ impl Context {
             memory: Mutex::default(),
             http_clients: Arc::default(),
             initial_tokens: Mutex::default(),
+            wipes_suspected: Mutex::default(),
+            wipe_alarm: tokio::sync::broadcast::channel(64).0,
         }
     }
 
@@ -226,10 +245,26 @@ impl Context {
     }
 
     /// When the next existence probe is due; the first one is spread over one interval so a restart
-    /// does not probe every client at once.
-    pub(super) fn next_existence_check(&self, uid: &str, now: Timestamp) -> Timestamp {
+    /// does not probe every client at once. A client of a server suspected wiped since its last check
+    /// is due now.
+    pub(super) fn next_existence_check(
+        &self,
+        uid: &str,
+        server: &str,
+        now: Timestamp,
+    ) -> Timestamp {
         let interval = self.settings.existence_check_interval;
+        let suspected = self
+            .wipes_suspected
+            .lock()
+            .ok()
+            .and_then(|w| w.get(server).copied());
         self.with_memory(uid, |m| {
+            if let Some(suspected) = suspected
+                && m.last_existence_check.is_none_or(|last| last < suspected)
+            {
+                return now;
+            }
             *m.next_existence_check
                 .get_or_insert_with(|| now + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>()))
         })
@@ -240,8 +275,41 @@ impl Context {
         let interval = self.settings.existence_check_interval;
         let jitter = interval.mul_f64(0.1 * rand::random::<f64>());
         self.with_memory(uid, |m| {
-            m.next_existence_check = Some(now + interval + jitter)
+            m.next_existence_check = Some(now + interval + jitter);
+            m.last_existence_check = Some(now);
         });
+    }
+
+    /// A check found a client of `server` gone: every client of it last checked before `now` is
+    /// checked at once (see [`Context::wipe_alarms`]).
+    pub(super) fn suspect_wipe(&self, server: &ResolvedServer, now: Timestamp) {
+        let key = server.metric_label();
+        let fresh = self.wipes_suspected.lock().ok().is_some_and(|mut w| {
+            // One alarm per wipe: the clients it wakes find their own clients gone too.
+            let interval = self.settings.existence_check_interval;
+            let fresh = w.get(&key).is_none_or(|at| *at + interval < now);
+            if fresh {
+                w.insert(key, now);
+            }
+            fresh
+        });
+        if fresh {
+            let cluster = server.kind != "SmartAuthServer";
+            let _ = self.wipe_alarm.send(WipedServer {
+                kind: if cluster {
+                    AuthServerKind::ClusterSmartAuthServer
+                } else {
+                    AuthServerKind::SmartAuthServer
+                },
+                name: server.name.clone(),
+                namespace: (!cluster).then(|| server.secrets_namespace.clone()),
+            });
+        }
+    }
+
+    /// The servers suspected wiped, as they are; a controller reconciles their clients.
+    pub fn wipe_alarms(&self) -> tokio::sync::broadcast::Receiver<WipedServer> {
+        self.wipe_alarm.subscribe()
     }
 
     pub(super) async fn http_client(

@@ -301,7 +301,11 @@ impl Run<'_> {
                 secret_in_sync,
                 debug_tokens: token_refs,
                 now: self.now,
-                next_existence_check: self.ctx.next_existence_check(&self.uid, self.now),
+                next_existence_check: self.ctx.next_existence_check(
+                    &self.uid,
+                    &server.metric_label(),
+                    self.now,
+                ),
             });
             debug!(?action, client = %self.client.name_any(), "planned");
             // Before any write or remote call, the live Secret: the store may lag this operator's own

@@ -395,6 +395,7 @@ impl Run<'_> {
                 self.ctx.schedule_existence_check(&self.uid, self.now);
             }
             Existence::Gone => {
+                self.ctx.suspect_wipe(server, self.now);
                 self.ctx
                     .publish(self.client, EventType::Warning, "ClientGone", "Probe", "the auth server no longer knows this client (its state was wiped?); registering again".into())
                     .await;
