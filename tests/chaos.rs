@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::operator::*;
 use common::scenario::*;
 use common::*;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 use smart_operator::crd::SmartClient;
@@ -64,14 +65,25 @@ async fn server_clients(server: &AuthServer) -> HashMap<String, Option<String>> 
         .collect()
 }
 
-/// (SmartClient name → (client_id, client_secret)) as their Secrets hold them.
+/// (SmartClient name → (client_id, client_secret)) as their Secrets hold them. One list call: a
+/// GET per client, every 100 ms, loaded the apiserver more than the operator did.
 async fn secrets_of(s: &Setup, names: &[String]) -> BTreeMap<String, (String, Option<String>)> {
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let listed = secrets
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=smart-operator"))
+        .await
+        .unwrap();
+    let by_name: HashMap<String, Secret> = listed
+        .items
+        .into_iter()
+        .map(|secret| (secret.metadata.name.clone().unwrap_or_default(), secret))
+        .collect();
     let mut out = BTreeMap::new();
     for name in names {
-        if let Some(secret) = get_secret(&s.client, &s.ns, &format!("{name}-smart-client")).await
-            && let Some(id) = secret_value(&secret, "client_id")
+        if let Some(secret) = by_name.get(&format!("{name}-smart-client"))
+            && let Some(id) = secret_value(secret, "client_id")
         {
-            out.insert(name.clone(), (id, secret_value(&secret, "client_secret")));
+            out.insert(name.clone(), (id, secret_value(secret, "client_secret")));
         }
     }
     out
