@@ -31,21 +31,28 @@ async fn the_dev_server_commits_a_registration_and_then_loses_its_answer() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_s4s_legacy_registration_whose_answers_are_lost_is_neither_duplicated_nor_re_keyed() {
-    let s = setup("lost-legacy", DevDialect::S4sLegacy, &[]).await;
+/// A SmartClient `app` whose first `lost` registrations are committed and their answers lost, Ready
+/// once the fault is over.
+async fn ready_after_lost_answers(prefix: &str, dialect: DevDialect, lost: u64) -> Setup {
+    let s = setup(prefix, dialect, &[]).await;
     s.server
         .set_faults(json!({"lose_answer_rate": 1.0, "endpoints": ["register"]}))
         .await;
     create(&s.client, Some(&s.ns), smart_client("app", json!({})))
         .await
         .unwrap();
-    eventually("several lost answers", Duration::from_secs(30), || async {
-        (s.server.count("register").await >= 3).then_some(())
+    eventually("lost answers", Duration::from_secs(30), || async {
+        (s.server.count("register").await >= lost).then_some(())
     })
     .await;
     s.server.clear_faults().await;
     wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s4s_legacy_registration_whose_answers_are_lost_is_neither_duplicated_nor_re_keyed() {
+    let s = ready_after_lost_answers("lost-legacy", DevDialect::S4sLegacy, 3).await;
 
     let remote = s.server.clients().await;
     assert_eq!(remote.len(), 1, "one client on the server: {remote:?}");
@@ -79,19 +86,7 @@ async fn lost_answer_orphans(s: &Setup, name: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_whose_answers_were_lost_are_each_recorded_as_orphans() {
-    let s = setup("lost-rfc", DevDialect::Rfc7591, &[]).await;
-    s.server
-        .set_faults(json!({"lose_answer_rate": 1.0, "endpoints": ["register"]}))
-        .await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    eventually("two lost answers", Duration::from_secs(30), || async {
-        (s.server.count("register").await >= 2).then_some(())
-    })
-    .await;
-    s.server.clear_faults().await;
-    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let s = ready_after_lost_answers("lost-rfc", DevDialect::Rfc7591, 2).await;
 
     let remote = s.server.clients().await;
     let secret = get_secret(&s.client, &s.ns, "app-smart-client")

@@ -363,18 +363,12 @@ const SECRET_KEYS_UNIQUE_RULE: &str = "[\
 
 /// The seven output keys of `spec.secret.keys`, renamed or not, as a CEL list (self = the spec).
 fn secret_keys_cel() -> String {
-    let keys = [
-        "client_id",
-        "client_secret",
-        "registration_access_token",
-        "registration_client_uri",
-        "token_endpoint",
-        "fhir_base_url",
-        "scope",
-    ]
+    let keys: Vec<String> = DEFAULT_SECRET_KEYS
+        .iter()
     .map(|k| {
         format!("(has(self.secret) && has(self.secret.keys) && has(self.secret.keys.{k}) ? self.secret.keys.{k} : '{k}')")
-    });
+    })
+    .collect();
     format!("[{}]", keys.join(", "))
 }
 
