@@ -134,6 +134,14 @@ fn auth_server(name: &str, mutate: impl FnOnce(&mut Value)) -> Value {
     server
 }
 
+/// A ClusterSmartAuthServer admitting the namespaces `selector` selects.
+fn cluster_server(name: &str, selector: Value) -> Value {
+    let mut server = server(name, "S4S");
+    server["kind"] = json!("ClusterSmartAuthServer");
+    server["spec"]["allowedNamespaces"] = selector;
+    server
+}
+
 /// Distinct resource types, to build scope lists longer than the limit without duplicates.
 const SCOPE_RESOURCES: &[&str] = &[
     "Patient",
@@ -353,6 +361,41 @@ fn bad_manifests() -> Vec<BadManifest> {
                 s["secret"] = json!({"keys": {"client_id": "ID", "client_secret": "ID"}})
             }),
             &["spec.secret.keys", "same Secret key"],
+        ),
+        bad(
+            "a namespace selector with an operator Kubernetes does not have",
+            cluster_server(
+                "api-bad-op",
+                json!({"matchExpressions": [{"key": "team", "operator": "Like", "values": ["a"]}]}),
+            ),
+            &[
+                "spec.allowedNamespaces.matchExpressions[0].operator",
+                "Unsupported value",
+            ],
+        ),
+        bad(
+            "a namespace selector In without values",
+            cluster_server(
+                "api-bad-in",
+                json!({"matchExpressions": [{"key": "team", "operator": "In"}]}),
+            ),
+            &["spec.allowedNamespaces.matchExpressions[0]", "need values"],
+        ),
+        bad(
+            "a namespace selector Exists with values",
+            cluster_server(
+                "api-bad-exists",
+                json!({"matchExpressions": [{"key": "team", "operator": "Exists", "values": ["a"]}]}),
+            ),
+            &["spec.allowedNamespaces.matchExpressions[0]", "take none"],
+        ),
+        bad(
+            "a namespace selector with an invalid label value",
+            cluster_server(
+                "api-bad-label",
+                json!({"matchLabels": {"team": "not a label value"}}),
+            ),
+            &["spec.allowedNamespaces.matchLabels"],
         ),
         bad(
             "a renamed key that a debug token's keys would overwrite",

@@ -228,7 +228,50 @@ pub struct ClusterSmartAuthServerSpec {
     /// (the safe default); `{}`: every namespace. A SmartClient in a namespace it does not admit gets
     /// `Ready=False` with reason `AuthServerNotAllowed` and no request is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "namespace_selector_schema")]
     pub allowed_namespaces: Option<LabelSelector>,
+}
+
+/// A label selector as Kubernetes evaluates it, checked at admission: an operator or value the
+/// apiserver would accept in a plain LabelSelector field but no namespace could ever match (`Like`,
+/// `In` without values) admitted nothing, silently, and every client reported `AuthServerNotAllowed`.
+fn namespace_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "Label selector over namespaces whose SmartClients may use this server. Absent: no namespace may (the safe default); `{}`: every namespace. A SmartClient in a namespace it does not admit gets `Ready=False` with reason `AuthServerNotAllowed` and no request is sent.",
+        "properties": {
+            "matchLabels": {
+                "type": "object",
+                "maxProperties": 32,
+                "additionalProperties": { "type": "string", "maxLength": 63 },
+                "x-kubernetes-validations": [{
+                    "rule": "self.all(k, !format.qualifiedName().validate(k).hasValue() && !format.labelValue().validate(self[k]).hasValue())",
+                    "message": "keys are label keys ([prefix/]name) and values label values (at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric)",
+                }],
+            },
+            "matchExpressions": {
+                "type": "array",
+                "maxItems": 16,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": { "type": "string", "maxLength": 317 },
+                        "operator": { "type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"] },
+                        "values": {
+                            "type": "array",
+                            "maxItems": 64,
+                            "items": { "type": "string", "maxLength": 63 },
+                        },
+                    },
+                    "x-kubernetes-validations": [{
+                        "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+                        "message": "In and NotIn need values; Exists and DoesNotExist take none",
+                    }],
+                },
+            },
+        },
+    })
 }
 
 /// Observed state of an auth server. Never holds secret values.
