@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::cleanup::{Cleanup, cleanup};
-use super::conditions::set_condition;
+use super::conditions::{self, set_condition};
 pub use super::context::{Context, Settings};
 use super::desired::{desired_metadata, metadata_hash};
 use super::observed::ObservedAuthServer;
@@ -38,6 +38,10 @@ pub const FINALIZER: &str = crate::crd::admission::CLEANUP_FINALIZER;
 pub const ABANDON_ANNOTATION: &str = "smart.fhir.dev/abandon-registration";
 /// Field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "smart-operator";
+/// Any new value re-runs the client now (see [`Run::take_reconcile_request`]).
+pub const RECONCILE_REQUESTED_ANNOTATION: &str = "smart.fhir.dev/reconcile-requested-at";
+/// "true": no remote call and no write for the client (see [`Run::pause_if_asked`]).
+pub const PAUSED_ANNOTATION: &str = "smart.fhir.dev/paused";
 /// How often a SmartClient refused for a Secret it may not write looks again (one GET).
 const SECRET_CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -190,6 +194,10 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         forgotten: None,
         registration_sent_at: None,
     };
+    if run.pause_if_asked().await? {
+        return Ok(Requeue::await_change());
+    }
+    run.take_reconcile_request().await;
     let outcome = run.drive().await;
     let requeue = match outcome {
         Ok(requeue) => requeue,
@@ -221,6 +229,76 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
 }
 
 impl Run<'_> {
+    /// `smart.fhir.dev/paused: "true"`: no call to the auth server and no Secret write, only status
+    /// saying so (once). True when paused; the annotation's removal (a change) resumes the client.
+    pub(super) async fn pause_if_asked(&mut self) -> Result<bool, ReconcileError> {
+        let paused = self
+            .client
+            .annotations()
+            .get(PAUSED_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        if !paused {
+            self.status
+                .conditions
+                .retain(|c| c.type_ != condition::PAUSED);
+            return Ok(false);
+        }
+        set_condition(
+            &mut self.status.conditions,
+            condition::PAUSED,
+            true,
+            "Paused",
+            format!(
+                "{PAUSED_ANNOTATION} is \"true\": no call to the auth server and no Secret write until it is removed"
+            ),
+            Some(self.generation),
+            self.now,
+        );
+        self.write_status().await?;
+        Ok(true)
+    }
+
+    /// A new value of `smart.fhir.dev/reconcile-requested-at` (any value, as Flux's
+    /// `reconcile.fluxcd.io/requestedAt`): the backoff is over and a user error no longer waits for a
+    /// spec change, so the client is tried again now (after an auth-server admin fixed a policy, say).
+    pub(super) async fn take_reconcile_request(&mut self) {
+        let Some(requested) = self
+            .client
+            .annotations()
+            .get(RECONCILE_REQUESTED_ANNOTATION)
+        else {
+            return;
+        };
+        if self.status.last_handled_reconcile_at.as_ref() == Some(requested) {
+            return;
+        }
+        self.status.last_handled_reconcile_at = Some(requested.clone());
+        self.status.retry = None;
+        // The user-error wait is keyed on Ready's reason; this one ends it.
+        if conditions::find(&self.status.conditions, condition::READY)
+            .is_some_and(|ready| ready.status != "True")
+        {
+            set_condition(
+                &mut self.status.conditions,
+                condition::READY,
+                false,
+                "ReconcileRequested",
+                format!("{RECONCILE_REQUESTED_ANNOTATION} changed to {requested}; trying again"),
+                Some(self.generation),
+                self.now,
+            );
+        }
+        self.ctx
+            .publish(
+                self.client,
+                EventType::Normal,
+                "ReconcileRequested",
+                "Reconcile",
+                format!("{RECONCILE_REQUESTED_ANNOTATION}: {requested}; backoff and user-error wait cleared"),
+            )
+            .await;
+    }
+
     /// A failed Secret write ends the reconcile: status (with the client id the server handed out) is
     /// still written, so the failure is visible and the id is on record twice.
     pub(super) async fn report_secret_write_failure(

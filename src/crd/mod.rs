@@ -40,6 +40,8 @@ pub mod condition {
     pub const SECRET_SYNCED: &str = "SecretSynced";
     pub const TOKENS_FRESH: &str = "TokensFresh";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    /// True while the annotation `smart.fhir.dev/paused` is "true"; absent otherwise.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// Every CustomResourceDefinition of this operator, in the order they should be applied.

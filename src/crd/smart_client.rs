@@ -465,6 +465,9 @@ pub struct SmartClientStatus {
     /// Failure backoff, kept in status so that it survives an operator restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryStatus>,
+    /// The last value of the annotation `smart.fhir.dev/reconcile-requested-at` the operator acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
 }
 
 /// State of one debug token. The token itself is only in the Secret.
