@@ -769,6 +769,98 @@ where
     }
 }
 
+/// `kubectl auth can-i` as a person: `user`, authenticated.
+fn person_can(user: &str, query: &str) -> bool {
+    let as_user = format!("--as={user}");
+    let mut args = vec!["auth", "can-i"];
+    args.extend(query.split_whitespace());
+    args.extend([as_user.as_str(), "--as-group=system:authenticated"]);
+    let (_, out, err) = run_tool("kubectl", &args);
+    match out.trim() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!("kubectl auth can-i {query} as {user}: unexpected answer:\n{out}\n{err}"),
+    }
+}
+
+#[tokio::test]
+async fn namespace_viewers_and_editors_get_smart_clients_through_the_default_roles() {
+    let client = client().await;
+    let namespace = fresh_namespace(&client, "chart-aggregate").await;
+    let _release = Release::install(&namespace, &["crds.enabled=false"], &[]);
+    let ns = namespace.as_str();
+    for (user, role) in [
+        ("vera-viewer", "view"),
+        ("eddie-editor", "edit"),
+        ("ada-admin", "admin"),
+    ] {
+        apply(&client, Some(ns), json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("{user}-{role}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .await
+        .unwrap();
+    }
+    let matrix: &[(&str, &str, bool)] = &[
+        ("vera-viewer", "list smartclients.smart.fhir.dev", true),
+        ("vera-viewer", "get smartauthservers.smart.fhir.dev", true),
+        ("vera-viewer", "create smartclients.smart.fhir.dev", false),
+        ("vera-viewer", "delete smartclients.smart.fhir.dev", false),
+        ("eddie-editor", "create smartclients.smart.fhir.dev", true),
+        ("eddie-editor", "patch smartclients.smart.fhir.dev", true),
+        ("eddie-editor", "delete smartclients.smart.fhir.dev", true),
+        ("eddie-editor", "list smartclients.smart.fhir.dev", true),
+        ("eddie-editor", "get smartauthservers.smart.fhir.dev", true),
+        (
+            "eddie-editor",
+            "create smartauthservers.smart.fhir.dev",
+            false,
+        ),
+        (
+            "eddie-editor",
+            "patch smartauthservers.smart.fhir.dev",
+            false,
+        ),
+        (
+            "eddie-editor",
+            "patch smartclients.smart.fhir.dev --subresource=status",
+            false,
+        ),
+        ("ada-admin", "create smartclients.smart.fhir.dev", true),
+        ("ada-admin", "create smartauthservers.smart.fhir.dev", false),
+        ("ada-admin", "delete smartauthservers.smart.fhir.dev", false),
+    ];
+    let question = |query: &str| format!("{query} -n {ns}");
+    // The aggregation controller fills the default roles a moment after the chart's roles exist.
+    eventually(
+        "the default roles carry the chart's rules",
+        Duration::from_secs(30),
+        || async {
+            person_can(
+                "eddie-editor",
+                &question("create smartclients.smart.fhir.dev"),
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    let wrong: Vec<String> = matrix
+        .iter()
+        .filter(|(user, query, allowed)| person_can(user, &question(query)) != *allowed)
+        .map(|(user, query, allowed)| {
+            format!("{user} {} {query}", if *allowed { "cannot" } else { "CAN" })
+        })
+        .collect();
+    assert!(wrong.is_empty(), "wrong access:\n  {}", wrong.join("\n  "));
+    // Cluster-wide, nobody bound only in a namespace gets anything.
+    assert!(!person_can(
+        "eddie-editor",
+        "list clustersmartauthservers.smart.fhir.dev"
+    ));
+}
+
 #[tokio::test]
 async fn install_creates_the_operator_and_rbac_that_grants_exactly_what_it_needs() {
     let client = client().await;
