@@ -136,6 +136,32 @@ build_helm() {
   ) || tools_fail "step 'build helm $HELM_VERSION': go install failed (work dir $work)"
 }
 
+# ensure_kstatus_check builds hack/kstatus (a checker on sigs.k8s.io/cli-utils' kstatus, the status
+# library of Flux, Helm 4 --wait, kpt and Argo CD's generic health), cached by the hash of its sources.
+kstatus_check_bin() {
+  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../kstatus" && pwd)
+  local hash; hash=$(cat "$here/go.mod" "$here/go.sum" "$here/main.go" | sha256sum | cut -c1-12)
+  echo "$SMART_OPERATOR_CACHE/bin/kstatus-check-$hash/kstatus-check"
+}
+ensure_kstatus_check() {
+  [[ -x $(kstatus_check_bin) ]] && return 0
+  require_go
+  with_build_lock kstatus-check build_kstatus_check
+}
+build_kstatus_check() {
+  local bin; bin=$(kstatus_check_bin)
+  [[ -x $bin ]] && return 0
+  local here; here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../kstatus" && pwd)
+  tools_log "building the kstatus checker (first run only) into $bin"
+  mkdir -p "$(dirname "$bin")"
+  (
+    set -euo pipefail
+    cd "$here"
+    GOTOOLCHAIN=local CGO_ENABLED=0 go build -mod=readonly -trimpath -o "$bin.tmp" .
+    mv "$bin.tmp" "$bin"
+  ) || tools_fail "step 'build kstatus checker': go build failed in $here"
+}
+
 ensure_all_tools() {
   ensure_etcd
   ensure_kubernetes_bins

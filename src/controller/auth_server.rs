@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use super::conditions::set_condition;
+use super::conditions::{derive_kstatus_conditions, set_condition};
 use super::reconcile::{Context, FIELD_MANAGER, ReconcileError};
 use super::resolve::{http_settings, read_secret_key};
 use crate::authserver::{HttpClient, ServerEndpoints, discover};
@@ -161,6 +161,13 @@ pub async fn reconcile_server<K: AuthServerResource>(
         }
     };
     status.observed_generation = generation;
+    // Discovery failures are retried (Reconciling); a configuration only its author can fix stalls.
+    derive_kstatus_conditions(
+        &mut status.conditions,
+        &["InvalidAuthServerConfiguration"],
+        generation,
+        now,
+    );
     if server.server_status() != Some(&status) {
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()),

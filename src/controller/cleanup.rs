@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -17,7 +17,7 @@ use super::deletion::{
 };
 use super::plan::next_retry;
 use super::reconcile::{
-    ABANDON_ANNOTATION, Context, FIELD_MANAGER, ReconcileError, as_client_credentials,
+    ABANDON_ANNOTATION, Context, ReconcileError, as_client_credentials, write_client_status,
 };
 use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{StoredCredentials, read_credentials, secret_name};
@@ -264,19 +264,6 @@ async fn record_failure(
             .await;
         }
     }
-    let api: Api<SmartClient> =
-        Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
-    let patch = serde_json::json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "status": status});
-    api.patch_status(
-        &client.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.remember_status(
-        &client.uid().unwrap_or_default(),
-        client.metadata.generation.unwrap_or_default(),
-        &status,
-    );
+    write_client_status(ctx, client, &mut status).await?;
     Ok(Cleanup::Pending(Requeue::requeue(delay)))
 }

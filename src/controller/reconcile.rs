@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use super::cleanup::{Cleanup, cleanup};
-use super::conditions::{self, set_condition};
+use super::conditions::{self, derive_kstatus_conditions, set_condition};
 pub use super::context::{Context, Settings};
 use super::desired::{desired_metadata, metadata_hash};
 use super::observed::ObservedAuthServer;
@@ -737,30 +737,68 @@ impl Run<'_> {
     }
 
     /// Writes status by server-side apply, only when it changed.
-    pub(super) async fn write_status(&self) -> Result<(), ReconcileError> {
-        let known = self.client.status.is_some() || self.ctx.wrote_status(self.client);
-        if known && self.ctx.latest_status(self.client) == self.status {
-            return Ok(());
-        }
-        let api: Api<SmartClient> = Api::namespaced(
-            self.ctx.client.clone(),
-            &self.client.namespace().unwrap_or_default(),
-        );
-        let patch = serde_json::json!({
-            "apiVersion": "smart.fhir.dev/v1alpha1",
-            "kind": "SmartClient",
-            "status": self.status,
-        });
-        api.patch_status(
-            &self.client.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        self.ctx
-            .remember_status(&self.uid, self.generation, &self.status);
-        Ok(())
+    pub(super) async fn write_status(&mut self) -> Result<(), ReconcileError> {
+        write_client_status(self.ctx, self.client, &mut self.status).await
     }
+}
+
+/// Reasons of `Ready=False` that only a person can fix: kstatus sees them as `Stalled` (Failed).
+pub const STALLING_REASONS: &[&str] = &[
+    "InvalidClientMetadata",
+    "RejectedByPolicy",
+    "UnsupportedByDialect",
+    "InvalidSpec",
+    "CredentialsLost",
+    "RegistrationAnswerUnreadable",
+    "SecretConflict",
+    "SecretEdited",
+    // The cluster server does not admit this namespace: its labels or the server's selector must change.
+    "AuthServerNotAllowed",
+];
+
+/// The one writer of a SmartClient's status (live path and cleanup): the kstatus conditions are
+/// derived here, and nothing is written when nothing changed.
+pub(super) async fn write_client_status(
+    ctx: &Context,
+    client: &SmartClient,
+    status: &mut SmartClientStatus,
+) -> Result<(), ReconcileError> {
+    let generation = client.metadata.generation;
+    // A status that describes this generation describes it in every condition.
+    if status.observed_generation == generation {
+        for condition in &mut status.conditions {
+            condition.observed_generation = generation;
+        }
+    }
+    derive_kstatus_conditions(
+        &mut status.conditions,
+        STALLING_REASONS,
+        generation,
+        Timestamp::now(),
+    );
+    let known = client.status.is_some() || ctx.wrote_status(client);
+    if known && ctx.latest_status(client) == *status {
+        return Ok(());
+    }
+    let api: Api<SmartClient> =
+        Api::namespaced(ctx.client.clone(), &client.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1",
+        "kind": "SmartClient",
+        "status": status,
+    });
+    api.patch_status(
+        &client.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.remember_status(
+        &client.uid().unwrap_or_default(),
+        generation.unwrap_or_default(),
+        status,
+    );
+    Ok(())
 }
 
 /// Fields the admission policy should have refused, for objects created before it existed.

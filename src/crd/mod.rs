@@ -42,6 +42,10 @@ pub mod condition {
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     /// True while the annotation `smart.fhir.dev/paused` is "true"; absent otherwise.
     pub const PAUSED: &str = "Paused";
+    /// kstatus (Flux, Helm 4 `--wait`, kpt, Argo CD): True while work is under way.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: True when only a person can fix what is wrong.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Every CustomResourceDefinition of this operator, in the order they should be applied.
