@@ -230,7 +230,7 @@ fn chart_passes_helm_lint_with_defaults_and_with_every_optional_feature() {
 fn chart_renders_the_operator_its_rbac_and_the_api_by_default() {
     let objects = render(&[]);
     let expected: BTreeMap<String, usize> = [
-        ("ClusterRole", 2),
+        ("ClusterRole", 4),
         ("ClusterRoleBinding", 2),
         ("CustomResourceDefinition", 3),
         ("Deployment", 1),
