@@ -127,3 +127,55 @@ async fn a_paused_client_makes_no_remote_call_and_no_write_until_it_is_resumed()
         Some("True".to_owned())
     );
 }
+
+const OBSERVE_ONLY: &str = "smart.fhir.dev/observe-only";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observe_only_client_is_read_and_reported_never_registered_updated_or_deleted() {
+    let s = setup("ann-observe", DevDialect::Rfc7591, &[]).await;
+    // New and observe-only: reported, never registered, no Secret.
+    let mut fresh = smart_client("fresh", json!({}));
+    fresh["metadata"]["annotations"] = json!({OBSERVE_ONLY: "true"});
+    create(&s.client, Some(&s.ns), fresh).await.unwrap();
+    let observed = wait_for_ready(&s.client, &s.ns, "fresh", "False", "ObserveOnly").await;
+    assert!(
+        ready_message(&observed).contains("would register"),
+        "{}",
+        ready_message(&observed)
+    );
+    assert!(
+        get_secret(&s.client, &s.ns, "fresh-smart-client")
+            .await
+            .is_none()
+    );
+
+    // Registered, then observe-only: a spec change is reported, not sent; deletion leaves it there.
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    annotate(&s, "app", OBSERVE_ONLY, Some("true")).await;
+    patch_spec(&s, "app", json!({"clientName": "changed while observed"})).await;
+    let reported = wait_for_ready(&s.client, &s.ns, "app", "False", "ObserveOnly").await;
+    assert!(
+        ready_message(&reported).contains("would update"),
+        "{}",
+        ready_message(&reported)
+    );
+    api(&s)
+        .delete("app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the SmartClient gone", Duration::from_secs(20), || async {
+        api(&s).get_opt("app").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "only the one registration"
+    );
+    assert_eq!(s.server.count("update").await, 0, "no update sent");
+    assert_eq!(s.server.count("delete").await, 0, "no delete sent");
+    assert_eq!(s.server.clients().await.len(), 1, "the registration stays");
+}

@@ -17,7 +17,8 @@ use super::deletion::{
 };
 use super::plan::next_retry;
 use super::reconcile::{
-    ABANDON_ANNOTATION, Context, ReconcileError, as_client_credentials, write_client_status,
+    ABANDON_ANNOTATION, Context, ReconcileError, as_client_credentials, observe_only,
+    write_client_status,
 };
 use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{StoredCredentials, read_credentials, secret_name};
@@ -63,6 +64,7 @@ pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, Rec
             .annotations()
             .get(ABANDON_ANNOTATION)
             .is_some_and(|v| v == "true"),
+        observe_only: observe_only(client),
         policy: client.spec.deletion_policy.unwrap_or_default(),
         client_id: client_id.as_deref(),
         server,

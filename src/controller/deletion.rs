@@ -33,6 +33,8 @@ pub enum ServerResolution {
 #[derive(Clone, Debug)]
 pub struct DeletionInput<'a> {
     pub abandon_annotation: bool,
+    /// `smart.fhir.dev/observe-only: "true"`: the operator only reads; it deletes nothing.
+    pub observe_only: bool,
     pub policy: DeletionPolicy,
     /// The client id the operator knows of (status, or the record in the Secret when status lags).
     pub client_id: Option<&'a str>,
@@ -50,6 +52,7 @@ pub struct DeletionInput<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OrphanReason {
     Abandoned,
+    ObserveOnly,
     PolicyOrphan,
     AuthServerGone(String),
     DialectCannotDelete(Dialect),
@@ -66,6 +69,9 @@ impl OrphanReason {
         match self {
             OrphanReason::Abandoned => format!(
                 "smart.fhir.dev/abandon-registration=true: client {client_id} is left on the auth server"
+            ),
+            OrphanReason::ObserveOnly => format!(
+                "smart.fhir.dev/observe-only=true: the operator deletes nothing; client {client_id} is left on the auth server"
             ),
             OrphanReason::PolicyOrphan => {
                 format!("deletionPolicy Orphan: client {client_id} stays registered")
@@ -107,6 +113,9 @@ pub enum DeletionStep {
 pub fn plan_deletion(input: &DeletionInput) -> DeletionStep {
     if input.abandon_annotation {
         return DeletionStep::Orphan(OrphanReason::Abandoned);
+    }
+    if input.observe_only && input.client_id.is_some() {
+        return DeletionStep::Orphan(OrphanReason::ObserveOnly);
     }
     if input.client_id.is_none() {
         return DeletionStep::LetGo;
@@ -179,6 +188,7 @@ mod tests {
     fn input(server: ServerResolution) -> DeletionInput<'static> {
         DeletionInput {
             abandon_annotation: false,
+            observe_only: false,
             policy: DeletionPolicy::Delete,
             client_id: Some("id-1"),
             server,
@@ -196,6 +206,16 @@ mod tests {
     #[test]
     fn a_known_client_on_a_server_that_can_delete_is_deleted() {
         assert_eq!(plan_deletion(&input(rfc7591())), DeletionStep::Delete);
+    }
+
+    #[test]
+    fn observe_only_deletes_nothing() {
+        let mut i = input(rfc7591());
+        i.observe_only = true;
+        assert_eq!(
+            plan_deletion(&i),
+            DeletionStep::Orphan(OrphanReason::ObserveOnly)
+        );
     }
 
     #[test]

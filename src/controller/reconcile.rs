@@ -42,6 +42,16 @@ pub const FIELD_MANAGER: &str = "smart-operator";
 pub const RECONCILE_REQUESTED_ANNOTATION: &str = "smart.fhir.dev/reconcile-requested-at";
 /// "true": no remote call and no write for the client (see [`Run::pause_if_asked`]).
 pub const PAUSED_ANNOTATION: &str = "smart.fhir.dev/paused";
+/// "true": the client is read and reported on, never registered, updated, deleted or written.
+pub const OBSERVE_ONLY_ANNOTATION: &str = "smart.fhir.dev/observe-only";
+
+/// Whether a SmartClient is observe-only (see [`OBSERVE_ONLY_ANNOTATION`]).
+pub fn observe_only(client: &SmartClient) -> bool {
+    client
+        .annotations()
+        .get(OBSERVE_ONLY_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
 /// How often a SmartClient refused for a Secret it may not write looks again (one GET).
 const SECRET_CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -421,6 +431,11 @@ impl Run<'_> {
             {
                 return Ok(self.record_secret_edited().await);
             }
+            if observe_only(self.client)
+                && let Some(would) = change_of(&action)
+            {
+                return Ok(self.record_observe_only(would).await);
+            }
             let needs_initial_token = matches!(
                 action,
                 Action::Register | Action::ReRegister | Action::Replace
@@ -660,6 +675,17 @@ impl Run<'_> {
         .await
     }
 
+    /// Observe-only: what the plan would change is reported, and nothing more happens until the
+    /// annotation goes or something changes.
+    pub(super) async fn record_observe_only(&mut self, would: String) -> Requeue {
+        let message = format!(
+            "{OBSERVE_ONLY_ANNOTATION} is \"true\": the operator would {would}; nothing is registered, updated, deleted or written"
+        );
+        self.report_not_ready("ObserveOnly", message.clone(), message, "Reconcile", false)
+            .await;
+        Requeue::await_change()
+    }
+
     pub(super) async fn record_secret_edited(&mut self) -> Requeue {
         let name = secret_name(self.client);
         let message = format!(
@@ -754,6 +780,8 @@ pub const STALLING_REASONS: &[&str] = &[
     "SecretEdited",
     // The cluster server does not admit this namespace: its labels or the server's selector must change.
     "AuthServerNotAllowed",
+    // Observe-only waits for a person to remove the annotation.
+    "ObserveOnly",
 ];
 
 /// The one writer of a SmartClient's status (live path and cleanup): the kstatus conditions are
@@ -802,6 +830,23 @@ pub(super) async fn write_client_status(
 }
 
 /// Fields the admission policy should have refused, for objects created before it existed.
+/// What an action would change, in words; None for what only reads (an existence check) or waits.
+fn change_of(action: &Action) -> Option<String> {
+    Some(match action {
+        Action::Register => "register the client".to_owned(),
+        Action::ReRegister => {
+            "register the client again (the server no longer knows it)".to_owned()
+        }
+        Action::Replace => "register a replacement and orphan the current client".to_owned(),
+        Action::Update => "update the registration's metadata (RFC 7592)".to_owned(),
+        Action::WriteSecret => "write the Secret".to_owned(),
+        Action::MintToken(name) => format!("mint debug token {name}"),
+        Action::ProbeExistence | Action::Wait(_) | Action::Backoff(_) | Action::AwaitSpecChange => {
+            return None;
+        }
+    })
+}
+
 fn dialect_mismatch(client: &SmartClient, dialect: Dialect) -> Option<String> {
     if client.spec.client_id.is_some() && dialect != Dialect::S4sLegacy {
         return Some(format!(
