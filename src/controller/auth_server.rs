@@ -164,7 +164,7 @@ pub async fn reconcile_server<K: AuthServerResource>(
     // Discovery failures are retried (Reconciling); a configuration only its author can fix stalls.
     derive_kstatus_conditions(
         &mut status.conditions,
-        &["InvalidAuthServerConfiguration"],
+        |reason| reason == "InvalidAuthServerConfiguration",
         generation,
         now,
     );

@@ -38,13 +38,13 @@ pub fn set_condition(
 
 /// Derives the conditions kstatus reads (the status library of Flux, Helm 4's `--wait`, kpt and
 /// Argo CD's generic health) from `Ready`, so no writer of status has to remember them:
-/// `Stalled=True` (Failed to kstatus) when `Ready` is False for one of `stalled_reasons`, or
+/// `Stalled=True` (Failed to kstatus) when `Ready` is False for a reason that `stalls`, or
 /// `DeletionBlocked` is True: only a person can fix it, and the message is the server's words;
 /// `Reconciling=True` (InProgress) while anything else keeps `Ready` from True: a first
 /// registration, a backoff, an auth server that is not there yet; neither once `Ready` is True.
 pub fn derive_kstatus_conditions(
     conditions: &mut Vec<Condition>,
-    stalled_reasons: &[&str],
+    stalls: impl Fn(&str) -> bool,
     generation: Option<i64>,
     now: Timestamp,
 ) {
@@ -56,7 +56,7 @@ pub fn derive_kstatus_conditions(
     let stalled_by = blocked.or_else(|| {
         ready
             .clone()
-            .filter(|r| r.status != "True" && stalled_reasons.contains(&r.reason.as_str()))
+            .filter(|r| r.status != "True" && stalls(&r.reason))
     });
     let (keep, drop) = match (&stalled_by, &ready) {
         (Some(cause), _) => {
@@ -144,13 +144,13 @@ mod tests {
 
     #[test]
     fn kstatus_conditions_follow_ready() {
-        let stalled = ["RejectedByPolicy"];
+        let stalled = |reason: &str| reason == "RejectedByPolicy";
         let mut healthy = ready(true, "Ready");
-        derive_kstatus_conditions(&mut healthy, &stalled, Some(3), Timestamp::now());
+        derive_kstatus_conditions(&mut healthy, stalled, Some(3), Timestamp::now());
         assert!(kstatus(&healthy).is_empty());
 
         let mut refused = ready(false, "RejectedByPolicy");
-        derive_kstatus_conditions(&mut refused, &stalled, Some(3), Timestamp::now());
+        derive_kstatus_conditions(&mut refused, stalled, Some(3), Timestamp::now());
         assert_eq!(
             kstatus(&refused),
             [("Stalled".into(), "True".into(), "RejectedByPolicy".into())]
@@ -165,7 +165,7 @@ mod tests {
         );
 
         let mut backing_off = ready(false, "AuthServerError");
-        derive_kstatus_conditions(&mut backing_off, &stalled, Some(3), Timestamp::now());
+        derive_kstatus_conditions(&mut backing_off, stalled, Some(3), Timestamp::now());
         assert_eq!(
             kstatus(&backing_off),
             [(
@@ -176,14 +176,14 @@ mod tests {
         );
 
         let mut fresh = Vec::new();
-        derive_kstatus_conditions(&mut fresh, &stalled, Some(1), Timestamp::now());
+        derive_kstatus_conditions(&mut fresh, stalled, Some(1), Timestamp::now());
         assert_eq!(
             kstatus(&fresh),
             [("Reconciling".into(), "True".into(), "Progressing".into())]
         );
 
         // Recovered: both go; a blocked deletion stalls whatever Ready says.
-        derive_kstatus_conditions(&mut refused, &stalled, Some(3), Timestamp::now());
+        derive_kstatus_conditions(&mut refused, stalled, Some(3), Timestamp::now());
         let mut recovered = refused.clone();
         set_condition(
             &mut recovered,
@@ -194,7 +194,7 @@ mod tests {
             Some(3),
             Timestamp::now(),
         );
-        derive_kstatus_conditions(&mut recovered, &stalled, Some(3), Timestamp::now());
+        derive_kstatus_conditions(&mut recovered, stalled, Some(3), Timestamp::now());
         assert!(kstatus(&recovered).is_empty());
         set_condition(
             &mut recovered,
@@ -205,7 +205,7 @@ mod tests {
             Some(3),
             Timestamp::now(),
         );
-        derive_kstatus_conditions(&mut recovered, &stalled, Some(3), Timestamp::now());
+        derive_kstatus_conditions(&mut recovered, stalled, Some(3), Timestamp::now());
         assert_eq!(
             kstatus(&recovered),
             [("Stalled".into(), "True".into(), "AuthServerError".into())]

@@ -215,15 +215,6 @@ pub fn next_retry(
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_user_error_stalls_for_kstatus() {
-        for reason in USER_ERROR_REASONS {
-            assert!(
-                crate::controller::reconcile::STALLING_REASONS.contains(reason),
-                "{reason}"
-            );
-        }
-    }
     use crate::crd::{DebugTokenStatus, RetryStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use std::collections::BTreeMap;

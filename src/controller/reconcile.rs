@@ -768,14 +768,9 @@ impl Run<'_> {
     }
 }
 
-/// Reasons of `Ready=False` that only a person can fix: kstatus sees them as `Stalled` (Failed).
-pub const STALLING_REASONS: &[&str] = &[
-    "InvalidClientMetadata",
-    "RejectedByPolicy",
-    "UnsupportedByDialect",
-    "InvalidSpec",
-    "CredentialsLost",
-    "RegistrationAnswerUnreadable",
+/// Reasons of `Ready=False` beyond the user errors that only a person can fix: kstatus sees them as
+/// `Stalled` (Failed).
+const STALLING_BEYOND_USER_ERRORS: &[&str] = &[
     "SecretConflict",
     "SecretEdited",
     // The cluster server does not admit this namespace: its labels or the server's selector must change.
@@ -783,6 +778,11 @@ pub const STALLING_REASONS: &[&str] = &[
     // Observe-only waits for a person to remove the annotation.
     "ObserveOnly",
 ];
+
+/// Whether `Ready=False` for `reason` waits for a person.
+fn stalls(reason: &str) -> bool {
+    USER_ERROR_REASONS.contains(&reason) || STALLING_BEYOND_USER_ERRORS.contains(&reason)
+}
 
 /// The one writer of a SmartClient's status (live path and cleanup): the kstatus conditions are
 /// derived here, and nothing is written when nothing changed.
@@ -798,12 +798,7 @@ pub(super) async fn write_client_status(
             condition.observed_generation = generation;
         }
     }
-    derive_kstatus_conditions(
-        &mut status.conditions,
-        STALLING_REASONS,
-        generation,
-        Timestamp::now(),
-    );
+    derive_kstatus_conditions(&mut status.conditions, stalls, generation, Timestamp::now());
     let known = client.status.is_some() || ctx.wrote_status(client);
     if known && ctx.latest_status(client) == *status {
         return Ok(());
