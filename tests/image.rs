@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::operator::{AuthServer, eventually, get_secret, secret_value, wait_for_ready};
-use common::{apply, client, fresh_namespace, install_crds, repo_root, run_tool};
+use common::{apply, client, free_port, fresh_namespace, install_crds, repo_root, run_tool};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -38,14 +38,6 @@ impl Drop for Release {
         let _ = run_tool("helm", &["uninstall", &self.0, "--namespace", &self.0]);
         let _ = run_tool("kubectl", &["delete", "namespace", &self.0, "--wait=false"]);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The runc config for the Deployment's one container: its args, env and securityContext, the

@@ -12,15 +12,6 @@ use kube::api::Api;
 use serde_json::json;
 use smart_operator::devserver::Dialect as DevDialect;
 
-/// A free loopback port (bound and released; good enough for a test on one machine).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn namespace_with_s4s_server(prefix: &str) -> (kube::Client, String, AuthServer) {
     let client = client().await;
     install_crds(&client).await;

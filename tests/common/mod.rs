@@ -327,3 +327,12 @@ pub fn allow_writes(name: &str) {
     );
     assert!(ok, "kubectl delete the policy {name}: {err}");
 }
+
+/// A free loopback port (bound and released; good enough for a test on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
