@@ -317,9 +317,16 @@ async fn an_s4s_client_whose_status_cannot_be_written_is_registered_once_across_
     create(&s.client, Some(&s.ns), smart_client("app", json!({})))
         .await
         .unwrap();
-    let secret = eventually("the Secret is written", Duration::from_secs(30), || async {
-        get_secret(&s.client, &s.ns, "app-smart-client").await
-    })
+    // Created empty (a registration in flight) before the registration, then with the credentials.
+    let secret = eventually(
+        "the Secret holds the credentials",
+        Duration::from_secs(30),
+        || async {
+            get_secret(&s.client, &s.ns, "app-smart-client")
+                .await
+                .filter(|secret| secret_value(secret, "client_id").is_some())
+        },
+    )
     .await;
     // The status write keeps failing; retries must not replace the client.
     tokio::time::sleep(Duration::from_secs(4)).await;
