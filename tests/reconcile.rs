@@ -114,13 +114,7 @@ async fn a_removed_finalizer_is_put_back_and_nothing_is_registered_twice() {
     assert_eq!(restored.finalizers(), [FINALIZER]);
     assert_eq!(s.server.clients().await.len(), 1, "no second registration");
     // With the finalizer back, deletion still cleans up the registration.
-    api(&s).delete("app", &Default::default()).await.unwrap();
-    eventually(
-        "the registration is deleted with the SmartClient",
-        Duration::from_secs(30),
-        || async { s.server.clients().await.is_empty().then_some(()) },
-    )
-    .await;
+    delete_and_expect_registration_gone(&s, "app").await;
 }
 
 /// The initial access token is read once and reused; when the server refuses the cached one (used up,

@@ -215,16 +215,7 @@ async fn a_rotated_registration_access_token_that_cannot_be_written_is_not_lost(
     );
     assert_eq!(s.server.count("update").await, 1, "one PUT, not retried");
     // The client can still be deleted with that token.
-    api(&s)
-        .delete("app", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the registration is deleted",
-        Duration::from_secs(30),
-        || async { s.server.clients().await.is_empty().then_some(()) },
-    )
-    .await;
+    delete_and_expect_registration_gone(&s, "app").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,16 +474,7 @@ async fn a_registration_access_token_rotated_by_the_existence_check_is_kept() {
         },
     )
     .await;
-    api(&s)
-        .delete("app", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        "the registration is deleted",
-        Duration::from_secs(30),
-        || async { s.server.clients().await.is_empty().then_some(()) },
-    )
-    .await;
+    delete_and_expect_registration_gone(&s, "app").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

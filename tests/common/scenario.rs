@@ -75,3 +75,17 @@ pub async fn patch_spec(s: &Setup, name: &str, spec: Value) {
         .await
         .unwrap();
 }
+
+/// Deletes SmartClient `name` and waits until its registration is gone from the dev server.
+pub async fn delete_and_expect_registration_gone(s: &Setup, name: &str) {
+    api(s)
+        .delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    super::operator::eventually(
+        "the registration is deleted with the SmartClient",
+        std::time::Duration::from_secs(30),
+        || async { s.server.clients().await.is_empty().then_some(()) },
+    )
+    .await;
+}
