@@ -1,6 +1,7 @@
 //! examples/gitops: the Argo CD health check is run for real, by Lua 5.1 (the language of Argo CD's
-//! gopher-lua) and Lua 5.4, against sample objects; the Argo CD and Flux manifests parse and agree with
-//! each other; the kustomization lists and builds every example manifest.
+//! gopher-lua) and Lua 5.4, against sample objects whose kstatus conditions the operator's own code
+//! derives, so the script and the operator cannot disagree on a reason; the Argo CD and Flux manifests
+//! parse; the kustomization lists and builds every example manifest.
 //!
 //! The interpreters come from `hack/lib/ensure-lua.sh` (hack/test runs it); without them these tests
 //! fail and say so.
@@ -9,19 +10,18 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
+use smart_operator::controller::auth_server::auth_server_stalls;
+use smart_operator::controller::conditions::derive_kstatus_conditions;
+use smart_operator::controller::plan::USER_ERROR_REASONS;
+use smart_operator::controller::reconcile::smart_client_stalls;
 
 const INTERPRETERS: [&str; 2] = ["lua5.1", "lua5.4"];
 
-/// Ready=False reasons that wait for a person: Argo CD Degraded, Flux Failed.
-const USER_ERROR_REASONS: [&str; 6] = [
-    "InvalidSpec",
-    "InvalidClientMetadata",
-    "RejectedByPolicy",
-    "UnsupportedByDialect",
-    "CredentialsLost",
-    "AuthServerNotAllowed",
-];
+/// Ready=False reasons beyond user errors that wait for a person: Argo CD Degraded, Flux Failed.
+const STALLING_REASONS: [&str; 3] = ["SecretConflict", "SecretEdited", "ObserveOnly"];
 
 /// Ready=False reasons the operator works through by itself: Progressing.
 const TRANSIENT_REASONS: [&str; 9] = [
@@ -175,14 +175,36 @@ fn object(kind: &str, generation: i64, status: Option<Value>) -> Value {
     object
 }
 
-fn ready(status: &str, reason: &str, message: &str) -> Value {
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
     json!({
-        "type": "Ready", "status": status, "reason": reason, "message": message,
+        "type": type_, "status": status, "reason": reason, "message": message,
         "observedGeneration": 2, "lastTransitionTime": "2026-11-23T12:00:00Z",
     })
 }
 
-/// A SmartClient at generation 2 whose status describes generation 2 with these conditions.
+fn ready(status: &str, reason: &str, message: &str) -> Value {
+    condition("Ready", status, reason, message)
+}
+
+/// `conditions` with the kstatus conditions (`Stalled`, `Reconciling`) the operator derives from them,
+/// judged by the operator's own rule for `kind`: what the live object carries.
+fn as_written(kind: &str, conditions: Vec<Value>, generation: i64) -> Vec<Value> {
+    let mut conditions: Vec<Condition> =
+        serde_json::from_value(Value::Array(conditions)).expect("conditions");
+    let stalls = if kind == "SmartClient" {
+        smart_client_stalls
+    } else {
+        auth_server_stalls
+    };
+    derive_kstatus_conditions(&mut conditions, stalls, Some(generation), Timestamp::now());
+    conditions
+        .into_iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect()
+}
+
+/// A SmartClient at generation 2 whose status describes generation 2 with these conditions, as the
+/// operator writes them.
 fn smart_client(conditions: Vec<Value>) -> Value {
     object(
         "SmartClient",
@@ -191,7 +213,7 @@ fn smart_client(conditions: Vec<Value>) -> Value {
             "observedGeneration": 2,
             "clientId": "0b5f3c1e-7d7c-4c53-a1a4-2f1f7e2b9c11",
             "secretName": "lab-results-oauth",
-            "conditions": conditions,
+            "conditions": as_written("SmartClient", conditions, 2),
         })),
     )
 }
@@ -204,16 +226,16 @@ fn argo_health_is_healthy_when_ready_is_true() {
             "Ready",
             "client registered; Secret lab-results-oauth is up to date",
         ),
-        json!({"type": "Registered", "status": "True", "reason": "Registered", "message": ""}),
-        json!({"type": "SecretSynced", "status": "True", "reason": "SecretWritten", "message": ""}),
+        condition("Registered", "True", "Registered", ""),
+        condition("SecretSynced", "True", "SecretWritten", ""),
     ]);
     let message = assert_health(&client, "Healthy");
     assert!(message.contains("lab-results-oauth"), "{message}");
 }
 
 #[test]
-fn argo_health_is_degraded_when_ready_is_false_with_a_user_error_reason() {
-    for reason in USER_ERROR_REASONS {
+fn argo_health_is_degraded_when_ready_is_false_for_a_reason_that_needs_a_person() {
+    for reason in USER_ERROR_REASONS.iter().chain(&STALLING_REASONS) {
         let client = smart_client(vec![ready(
             "False",
             reason,
@@ -244,6 +266,11 @@ fn argo_health_is_progressing_when_ready_is_false_with_auth_server_error() {
 fn argo_health_is_progressing_when_there_is_no_status_yet() {
     assert_health(&object("SmartClient", 1, None), "Progressing");
     assert_health(&object("SmartClient", 1, Some(json!({}))), "Progressing");
+    // What the CRD's status default makes of an object the operator has not written status for.
+    assert_health(
+        &object("SmartClient", 1, Some(json!({"observedGeneration": 0}))),
+        "Progressing",
+    );
     assert_health(
         &object("SmartClient", 1, Some(json!({"conditions": []}))),
         "Progressing",
@@ -258,16 +285,49 @@ fn argo_health_is_progressing_while_the_operator_has_not_seen_the_latest_spec() 
     assert!(message.contains('3'), "{message}");
     // A user error of the previous generation does not make the new one Degraded either.
     let mut client = smart_client(vec![ready("False", "InvalidSpec", "bad scope")]);
+    assert_health(&client, "Degraded");
     client["metadata"]["generation"] = json!(3);
     assert_health(&client, "Progressing");
+}
+
+#[test]
+fn argo_health_follows_the_kstatus_conditions_not_a_list_of_reasons() {
+    // A reason the script has never heard of: the operator's Stalled decides.
+    let status = |conditions: Vec<Value>| {
+        object(
+            "SmartClient",
+            2,
+            Some(json!({"observedGeneration": 2, "conditions": conditions})),
+        )
+    };
+    let message = assert_health(
+        &status(vec![
+            ready("False", "SomeFutureReason", "a person must act"),
+            condition("Stalled", "True", "SomeFutureReason", "a person must act"),
+        ]),
+        "Degraded",
+    );
+    assert!(message.contains("SomeFutureReason"), "{message}");
+    let message = assert_health(
+        &status(vec![
+            ready("False", "InvalidSpec", "bad scope"),
+            condition("Reconciling", "True", "Rotating", "rotating the secret"),
+        ]),
+        "Progressing",
+    );
+    assert!(message.contains("Rotating"), "{message}");
 }
 
 #[test]
 fn argo_health_is_degraded_when_deletion_is_blocked() {
     let mut client = smart_client(vec![
         ready("True", "Ready", "client registered"),
-        json!({"type": "DeletionBlocked", "status": "True", "reason": "AuthServerUnreachable",
-               "message": "deleting client abc failed 5 times"}),
+        condition(
+            "DeletionBlocked",
+            "True",
+            "AuthServerUnreachable",
+            "deleting client abc failed 5 times",
+        ),
     ]);
     client["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z");
     let message = assert_health(&client, "Degraded");
@@ -281,12 +341,15 @@ fn argo_health_judges_auth_servers_by_their_ready_condition() {
             object(
                 kind,
                 1,
-                Some(json!({"observedGeneration": 1, "conditions": [condition]})),
+                Some(
+                    json!({"observedGeneration": 1, "conditions": as_written(kind, vec![condition], 1)}),
+                ),
             )
         };
-        let mut discovered = ready("True", "Discovered", "endpoints discovered");
-        discovered["observedGeneration"] = json!(1);
-        assert_health(&status(discovered), "Healthy");
+        assert_health(
+            &status(ready("True", "Discovered", "endpoints discovered")),
+            "Healthy",
+        );
         assert_health(
             &status(ready("False", "DiscoveryFailed", "connection refused")),
             "Progressing",
@@ -344,7 +407,7 @@ fn argocd_cm_holds_the_standalone_script_for_every_kind() {
 }
 
 #[test]
-fn flux_kustomization_waits_for_smart_resources_with_health_expressions() {
+fn flux_kustomization_waits_for_smart_resources_by_kstatus_alone() {
     let docs = yaml_documents(&gitops_dir().join("flux-kustomization.yaml"));
     let source = docs
         .iter()
@@ -358,6 +421,12 @@ fn flux_kustomization_waits_for_smart_resources_with_health_expressions() {
     assert_eq!(ks["apiVersion"], "kustomize.toolkit.fluxcd.io/v1");
     let spec = &ks["spec"];
     assert_eq!(spec["wait"], true, "the Kustomization waits for health");
+    // Flux judges with kstatus, whose verdicts on the operator's objects tests/kstatus.rs checks with
+    // the real library; custom expressions would be a second set of rules to keep in line.
+    assert!(
+        spec.get("healthCheckExprs").is_none(),
+        "plain kstatus is enough: {spec}"
+    );
     assert_eq!(spec["sourceRef"]["kind"], "GitRepository");
     assert_eq!(spec["sourceRef"]["name"], source["metadata"]["name"]);
     let path = spec["path"].as_str().expect("spec.path");
@@ -372,51 +441,6 @@ fn flux_kustomization_waits_for_smart_resources_with_health_expressions() {
         let d = spec[field].as_str().unwrap_or_default();
         d.parse::<kube::core::Duration>()
             .unwrap_or_else(|e| panic!("spec.{field} {d:?} is not a duration: {e}"));
-    }
-
-    let exprs = spec["healthCheckExprs"]
-        .as_array()
-        .expect("spec.healthCheckExprs");
-    let expr_for = |kind: &str| {
-        exprs
-            .iter()
-            .find(|e| e["kind"] == kind)
-            .unwrap_or_else(|| panic!("no healthCheckExprs entry for {kind}"))
-    };
-    for kind in ["SmartClient", "SmartAuthServer", "ClusterSmartAuthServer"] {
-        let e = expr_for(kind);
-        assert_eq!(e["apiVersion"], "smart.fhir.dev/v1alpha1");
-        let current = e["current"].as_str().expect("current");
-        assert!(
-            current.contains("c.type == 'Ready' && c.status == 'True'"),
-            "{kind}: current is Ready=True: {current}"
-        );
-        assert!(
-            e["failed"].as_str().is_some(),
-            "{kind}: without failed, Flux waits for the timeout on errors that need a person"
-        );
-    }
-    // The same user errors as the Argo CD check (which the tests above run).
-    let failed = expr_for("SmartClient")["failed"].as_str().unwrap();
-    for reason in USER_ERROR_REASONS {
-        assert!(
-            failed.contains(&format!("'{reason}'")),
-            "SmartClient failed expression lacks {reason}: {failed}"
-        );
-    }
-    for reason in TRANSIENT_REASONS {
-        assert!(
-            !failed.contains(&format!("'{reason}'")),
-            "{reason} is retried, not failed"
-        );
-    }
-    assert!(failed.contains("DeletionBlocked"), "{failed}");
-    let lua = read(&gitops_dir().join("smart-health.lua"));
-    for reason in USER_ERROR_REASONS {
-        assert!(
-            lua.contains(&format!("{reason} = true")),
-            "smart-health.lua lacks {reason}"
-        );
     }
 }
 

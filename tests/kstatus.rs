@@ -62,6 +62,30 @@ async fn eventually_kstatus(s: &Setup, kind: &str, name: &str, want: &str) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kstatus_says_current_failed_and_in_progress_when_they_are_true() {
     let s = setup("kstatus", DevDialect::Rfc7591, &[]).await;
+    // Objects no operator has written status for yet (no operator watches this namespace): InProgress,
+    // not Current. Without a default for status.observedGeneration kstatus counts an object without
+    // status Current, and plain Flux `wait: true` would pass a client nothing has registered.
+    let unwatched = fresh_namespace(&s.client, "kstatus-unwatched").await;
+    create(
+        &s.client,
+        Some(&unwatched),
+        smart_client("unseen", json!({})),
+    )
+    .await
+    .unwrap();
+    apply(&s.client, Some(&unwatched), json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "dev"}, "spec": {"dialect": "S4S", "fhirBaseUrl": s.server.fhir_base_url()}}))
+        .await
+        .unwrap();
+    for kind in ["smartclient", "smartauthserver"] {
+        let name = if kind == "smartclient" {
+            "unseen"
+        } else {
+            "dev"
+        };
+        let (status, message) = kstatus(kind, &unwatched, name);
+        assert_eq!(status, "InProgress", "{kind} without status: {message}");
+    }
+
     // The auth server and a healthy client: Current.
     eventually_kstatus(&s, "smartauthserver", "dev", "Current").await;
     create(&s.client, Some(&s.ns), smart_client("healthy", json!({})))

@@ -2,21 +2,15 @@
 -- ClusterSmartAuthServer. Argo CD runs it with the live object in `obj` and reads the returned
 -- table. Kept to Lua 5.1 (Argo CD's interpreter is gopher-lua).
 --
+-- It reads the conditions smart-operator writes for kstatus, so Argo CD gives the verdicts Flux,
+-- Helm 4 `--wait` and kpt give. Which reasons need a person is the operator's decision (it sets
+-- Stalled); this script keeps no list of reasons that could drift from it.
+--
+--   Progressing  no status yet, status.observedGeneration behind metadata.generation, or
+--                Reconciling=True (a first registration, a retried server error, ...)
+--   Degraded     Stalled=True: only a person can fix it (a spec, a Secret or the auth server's policy
+--                must change, or a deletion is blocked)
 --   Healthy      Ready=True
---   Degraded     Ready=False with a reason that waits for a person (the spec, a Secret or the
---                auth server's policy must change), or DeletionBlocked=True
---   Progressing  anything else: no status yet, a spec the operator has not seen yet, an auth server
---                not ready, or an error the operator retries with backoff
-local needs_a_person = {
-  InvalidSpec = true,
-  InvalidClientMetadata = true,
-  RejectedByPolicy = true,
-  UnsupportedByDialect = true,
-  CredentialsLost = true,
-  AuthServerNotAllowed = true,
-  InvalidAuthServerConfiguration = true,
-}
-
 local function describe(condition)
   local text = condition.reason or "Unknown"
   if condition.message ~= nil and condition.message ~= "" then
@@ -37,31 +31,25 @@ if generation ~= nil and observed ~= nil and observed < generation then
   return hs
 end
 
-local ready = nil
+local found = {}
 for _, condition in ipairs(obj.status.conditions) do
-  if condition.type == "DeletionBlocked" and condition.status == "True" then
-    hs.status = "Degraded"
-    hs.message = "Deletion blocked: " .. describe(condition)
-    return hs
-  end
-  if condition.type == "Ready" then
-    ready = condition
+  if condition.type ~= nil then
+    found[condition.type] = condition
   end
 end
 
-if ready == nil then
-  return hs
-end
-if ready.status == "True" then
+if found.Stalled ~= nil and found.Stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(found.Stalled)
+elseif found.Reconciling ~= nil and found.Reconciling.status == "True" then
+  hs.message = describe(found.Reconciling)
+elseif found.Ready ~= nil and found.Ready.status == "True" then
   hs.status = "Healthy"
-  hs.message = ready.message or "Ready"
+  hs.message = found.Ready.message or "Ready"
   if hs.message == "" then
     hs.message = "Ready"
   end
-elseif ready.status == "False" and needs_a_person[ready.reason] then
-  hs.status = "Degraded"
-  hs.message = describe(ready)
-else
-  hs.message = describe(ready)
+elseif found.Ready ~= nil then
+  hs.message = describe(found.Ready)
 end
 return hs

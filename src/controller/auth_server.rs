@@ -89,6 +89,12 @@ pub fn capabilities(dialect: Dialect, endpoints: &ServerEndpoints) -> Vec<String
     capabilities.into_iter().map(str::to_owned).collect()
 }
 
+/// Whether an auth server's `Ready=False` for `reason` waits for a person (kstatus `Stalled`):
+/// discovery failures are retried; a configuration only its author can fix stalls.
+pub fn auth_server_stalls(reason: &str) -> bool {
+    reason == "InvalidAuthServerConfiguration"
+}
+
 pub async fn reconcile_server<K: AuthServerResource>(
     server: Arc<K>,
     ctx: Arc<Context>,
@@ -161,13 +167,7 @@ pub async fn reconcile_server<K: AuthServerResource>(
         }
     };
     status.observed_generation = generation;
-    // Discovery failures are retried (Reconciling); a configuration only its author can fix stalls.
-    derive_kstatus_conditions(
-        &mut status.conditions,
-        |reason| reason == "InvalidAuthServerConfiguration",
-        generation,
-        now,
-    );
+    derive_kstatus_conditions(&mut status.conditions, auth_server_stalls, generation, now);
     if server.server_status() != Some(&status) {
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()),

@@ -779,8 +779,8 @@ const STALLING_BEYOND_USER_ERRORS: &[&str] = &[
     "ObserveOnly",
 ];
 
-/// Whether `Ready=False` for `reason` waits for a person.
-fn stalls(reason: &str) -> bool {
+/// Whether a SmartClient's `Ready=False` for `reason` waits for a person (kstatus `Stalled`).
+pub fn smart_client_stalls(reason: &str) -> bool {
     USER_ERROR_REASONS.contains(&reason) || STALLING_BEYOND_USER_ERRORS.contains(&reason)
 }
 
@@ -798,7 +798,12 @@ pub(super) async fn write_client_status(
             condition.observed_generation = generation;
         }
     }
-    derive_kstatus_conditions(&mut status.conditions, stalls, generation, Timestamp::now());
+    derive_kstatus_conditions(
+        &mut status.conditions,
+        smart_client_stalls,
+        generation,
+        Timestamp::now(),
+    );
     let known = client.status.is_some() || ctx.wrote_status(client);
     if known && ctx.latest_status(client) == *status {
         return Ok(());

@@ -277,6 +277,9 @@ fn namespace_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Sch
 /// Observed state of an auth server. Never holds secret values.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+// An object the operator has not written status for yet reads as generation 0 observed, so kstatus
+// (Flux `wait: true`, Helm 4 `--wait`, kpt) says InProgress instead of counting it Current.
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct AuthServerStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

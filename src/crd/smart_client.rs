@@ -426,6 +426,9 @@ pub struct DebugToken {
 /// Observed state of a SmartClient. Never holds secret values.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+// An object the operator has not written status for yet reads as generation 0 observed, so kstatus
+// (Flux `wait: true`, Helm 4 `--wait`, kpt) says InProgress instead of counting it Current.
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct SmartClientStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
