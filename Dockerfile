@@ -6,6 +6,10 @@
 # The result holds the binary, the CA certificates it verifies auth servers against (reqwest reads the
 # system store; a SmartAuthServer's tls.caBundle replaces it per server) and a passwd entry for user
 # 65532. No shell, no package manager, no libc. The Helm chart runs it with a read-only root filesystem.
+#
+# hack/image builds this file's final stage as it is, with the `build` stage replaced by the binary,
+# passwd and group built on the host (buildah --build-context build=<dir>): keep the final stage's
+# inputs under /out and /etc/ssl/certs, and the passwd/group entries as `echo '...' > /out/<file>`.
 
 ARG RUST_VERSION=1.95
 

@@ -1,5 +1,5 @@
-//! The shipped image runs as the chart's Pod would: `hack/image build` (the static binary on an empty
-//! base, assembled with buildah), run with runc under the Deployment's args, env and securityContext
+//! The shipped image runs as the chart's Pod would: `hack/image build` (the Dockerfile's final stage,
+//! built by buildah with the static binary in place of the build stage), run with runc under the Deployment's args, env and securityContext
 //! (uid 65532, read-only root, no capabilities, no privilege escalation), a ServiceAccount token and
 //! the cluster CA at the standard path, `KUBERNETES_SERVICE_HOST`/`PORT` pointing at the local
 //! apiserver, host networking. With only the chart's RBAC it must pass `/readyz`, take the Lease and
@@ -40,10 +40,30 @@ impl Drop for Release {
     }
 }
 
-/// The runc config for the Deployment's one container: its args, env and securityContext, the
-/// ServiceAccount files in `sa_dir`, the host's network.
+/// The image's OCI config (`Entrypoint`, `Cmd`, `Env`, `User`, ...) from the OCI layout at `oci`.
+fn image_config(oci: &Path) -> Value {
+    let read = |path: &Path| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap()
+    };
+    let blob = |digest: &Value| {
+        oci.join("blobs")
+            .join(digest.as_str().unwrap().replace(':', "/"))
+    };
+    let index = read(&oci.join("index.json"));
+    let manifest = read(&blob(&index["manifests"][0]["digest"]));
+    read(&blob(&manifest["config"]["digest"]))["config"].clone()
+}
+
+/// The runc config for the Deployment's one container, as the kubelet would start it from `image`
+/// (its config): the image's entrypoint unless the container sets `command`, the container's args
+/// in place of the image's `Cmd`, the image's env and then the container's, its securityContext,
+/// the ServiceAccount files in `sa_dir`, the host's network.
 fn runc_config(
     bundle: &Path,
+    image: &Value,
     deployment: &Deployment,
     sa_dir: &Path,
     env: Vec<String>,
@@ -64,8 +84,24 @@ fn runc_config(
     let container = &pod.containers[0];
     let context = container.security_context.clone().unwrap_or_default();
     let pod_context = pod.security_context.clone().unwrap_or_default();
-    let mut args = vec!["/smart-operator".to_owned()];
-    for arg in container.args.clone().unwrap_or_default() {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut args = container
+        .command
+        .clone()
+        .unwrap_or_else(|| strings(&image["Entrypoint"]));
+    assert!(
+        !args.is_empty(),
+        "neither the image nor the chart names a command"
+    );
+    let container_args = container
+        .args
+        .clone()
+        .unwrap_or_else(|| strings(&image["Cmd"]));
+    for arg in container_args {
         args.push(if arg.starts_with("--metrics-address=") {
             format!("--metrics-address={metrics}")
         } else {
@@ -83,7 +119,12 @@ fn runc_config(
     let process = &mut config["process"];
     process["terminal"] = json!(false);
     process["args"] = json!(args);
-    process["env"] = json!(env);
+    process["env"] = json!(
+        strings(&image["Env"])
+            .into_iter()
+            .chain(env)
+            .collect::<Vec<_>>()
+    );
     process["user"] = json!({"uid": uid, "gid": gid});
     process["noNewPrivileges"] = json!(context.allow_privilege_escalation == Some(false));
     let dropped_all = context
@@ -179,7 +220,6 @@ async fn the_image_runs_as_the_charts_pod_and_does_its_job() {
     let port = server.trim().rsplit(':').next().unwrap().to_owned();
     let pod_name = format!("{name}-pod");
     let mut env = vec![
-        "PATH=/".to_owned(),
         "KUBERNETES_SERVICE_HOST=127.0.0.1".to_owned(),
         format!("KUBERNETES_SERVICE_PORT={port}"),
     ];
@@ -218,7 +258,12 @@ async fn the_image_runs_as_the_charts_pod_and_does_its_job() {
         ],
     );
     assert!(ok, "copying the image's root filesystem: {err}");
-    let config = runc_config(&bundle, &deployment, &sa_dir, env, &metrics);
+    let image = image_config(&root.join("target/image/oci"));
+    assert_eq!(
+        image["User"], "65532:65532",
+        "the Dockerfile's USER: {image}"
+    );
+    let config = runc_config(&bundle, &image, &deployment, &sa_dir, env, &metrics);
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&config).unwrap(),
