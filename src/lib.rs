@@ -5,6 +5,7 @@ pub mod authserver;
 pub mod controller;
 pub mod crd;
 pub mod devserver;
+pub mod keys;
 pub mod leadership;
 pub mod manifests;
 pub mod telemetry;
