@@ -3,6 +3,8 @@
 //! error. Each test starts its own dev server on 127.0.0.1:0 and checks what the server recorded through
 //! its admin API as well as what the client returned.
 
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::Method;
@@ -1399,4 +1401,23 @@ async fn discovered_endpoints_on_other_hosts_or_over_plain_http_are_refused() {
         matches!(&error, AuthServerError::Discovery { detail } if detail.contains("http://")),
         "{error:?}"
     );
+}
+
+/// What Keycloak does with a private_key_jwt client (`tests/keycloak.rs` runs the same checks
+/// against it), smart-dev-server does too.
+#[tokio::test]
+async fn rfc7591_private_key_jwt_clients_authenticate_with_assertions_as_on_keycloak() {
+    let dev = DevAuthServer::start(DevDialect::Rfc7591).await;
+    let client = dev.client().await;
+    for algorithm in [
+        smart_operator::keys::SigningAlgorithm::ES384,
+        smart_operator::keys::SigningAlgorithm::RS384,
+    ] {
+        common::backend::private_key_jwt_clients_authenticate_with_assertions(
+            &client,
+            &dev.url("/oauth2/token"),
+            algorithm,
+        )
+        .await;
+    }
 }

@@ -527,24 +527,34 @@ async fn rfc7591_client_credentials_grant_issues_a_token_only_to_clients_registe
     let service = h.registered_rfc7591(&metadata).await;
     let interactive = h.registered_rfc7591(&app_metadata()).await;
 
-    let grant = |client: &Value| {
+    let grant = |client: &Value, scope: &'static str| {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", scope));
+        }
         h.http
             .post(h.url("/oauth2/token"))
             .basic_auth(
                 str_field(client, "client_id"),
                 Some(str_field(client, "client_secret")),
             )
-            .form(&[("grant_type", "client_credentials")])
+            .form(&form)
             .send()
     };
-    let (status, token) = into_json(grant(&service).await.unwrap()).await;
+    let (status, token) = into_json(grant(&service, "system/*.read").await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{token}");
     assert_eq!(token["token_type"], "Bearer");
     assert_eq!(token["scope"], "system/*.read");
     assert!(token["expires_in"].as_i64().unwrap() > 0);
     assert!(!str_field(&token, "access_token").is_empty());
+    // As Keycloak: registered scopes are optional ones, so a request naming none gets none.
+    let (status, token) = into_json(grant(&service, "").await.unwrap()).await;
+    assert_eq!(
+        (status, token["scope"].as_str()),
+        (StatusCode::OK, Some(""))
+    );
 
-    let (status, error) = into_json(grant(&interactive).await.unwrap()).await;
+    let (status, error) = into_json(grant(&interactive, "").await.unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(error["error"], "unauthorized_client");
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::backend::private_key_jwt_clients_authenticate_with_assertions;
 use common::operator::*;
 use common::*;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -15,6 +16,7 @@ use smart_operator::authserver::{
     Existence, HttpClient, HttpSettings, ServerEndpoints,
 };
 use smart_operator::crd::{Dialect, SmartClient};
+use smart_operator::keys::SigningAlgorithm;
 
 fn keycloak_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -313,102 +315,14 @@ async fn operator_registers_updates_and_deletes_a_keycloak_client() {
     );
 }
 
-/// A client_credentials token request authenticated with a client assertion (RFC 7523 §2.2).
-async fn token_with_assertion(assertion: &str, scope: Option<&str>) -> (u16, serde_json::Value) {
-    let mut form = vec![
-        ("grant_type", "client_credentials"),
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", assertion),
-    ];
-    if let Some(scope) = scope {
-        form.push(("scope", scope));
-    }
-    let answer = reqwest::Client::new()
-        .post(keycloak_env("KEYCLOAK_TOKEN_ENDPOINT"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or_default())
-}
-
-/// The facts smart-dev-server's private_key_jwt support repeats (issue 13), from the real server.
+/// The facts smart-dev-server's private_key_jwt support repeats (issue 13), from the real server;
+/// `tests/dev_server.rs` runs the same checks against smart-dev-server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_registers_a_private_key_jwt_client_and_takes_its_assertions() {
-    use smart_operator::keys::{SigningAlgorithm, SigningKey, jwk_set};
-    let token_endpoint = keycloak_env("KEYCLOAK_TOKEN_ENDPOINT");
-    let now = std::time::SystemTime::now;
     for algorithm in [SigningAlgorithm::ES384, SigningAlgorithm::RS384] {
         let server = keycloak(Some(initial_access_token(1)));
-        let key = SigningKey::generate(algorithm).unwrap();
-        let mut backend = metadata(&["system/*.read"]);
-        backend.redirect_uris = vec![];
-        backend.grant_types = vec!["client_credentials".into()];
-        backend.response_types = vec![];
-        backend.token_endpoint_auth_method = "private_key_jwt".into();
-        backend.extra.insert(
-            "jwks".into(),
-            serde_json::to_value(jwk_set([&key])).unwrap(),
-        );
-        backend.extra.insert(
-            "token_endpoint_auth_signing_alg".into(),
-            json!(algorithm.jwa_name()),
-        );
-        let registered = server.register(&backend, None).await.unwrap();
-        assert!(
-            registered.client_secret.is_none(),
-            "{algorithm:?}: no client secret for private_key_jwt"
-        );
-        assert_eq!(
-            registered.granted_scopes.as_deref(),
-            Some(&["system/*.read".to_owned()][..])
-        );
-        let id = registered.client_id.clone();
-        let assertion = |key: &SigningKey, audience: &str, at: std::time::SystemTime| {
-            key.client_assertion(&id, audience, at).unwrap()
-        };
-
-        // A fresh assertion gets a token; the scope is what the request names (none: empty).
-        let (status, body) = token_with_assertion(
-            assertion(&key, &token_endpoint, now()).expose_secret(),
-            Some("system/*.read"),
-        )
-        .await;
-        assert_eq!(status, 200, "{algorithm:?}: {body}");
-        assert_eq!(body["scope"], "system/*.read");
-        assert_eq!(body["expires_in"], 300);
-        assert!(body["access_token"].is_string());
-        let once = assertion(&key, &token_endpoint, now());
-        let (status, body) = token_with_assertion(once.expose_secret(), None).await;
-        assert_eq!((status, body["scope"].as_str()), (200, Some("")), "{body}");
-
-        // Refusals: all 400 invalid_client, told apart by their descriptions.
-        let other = SigningKey::generate(algorithm).unwrap();
-        let refusals = [
-            (once.clone(), "Token reuse detected"),
-            (
-                assertion(&other, &token_endpoint, now()),
-                "Unable to load public key",
-            ),
-            (
-                assertion(&key, "https://elsewhere.example.org/token", now()),
-                "Invalid token audience",
-            ),
-            (
-                assertion(&key, &token_endpoint, now() - Duration::from_secs(600)),
-                "Token is not active",
-            ),
-        ];
-        for (refused, description) in refusals {
-            let (status, body) = token_with_assertion(refused.expose_secret(), None).await;
-            assert_eq!(status, 400, "{algorithm:?} {description}: {body}");
-            assert_eq!(body["error"], "invalid_client");
-            assert_eq!(body["error_description"], description);
-        }
-        server.delete(&credentials_of(&registered)).await.unwrap();
+        let token_endpoint = keycloak_env("KEYCLOAK_TOKEN_ENDPOINT");
+        private_key_jwt_clients_authenticate_with_assertions(&server, &token_endpoint, algorithm)
+            .await;
     }
 }

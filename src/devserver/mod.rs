@@ -11,6 +11,7 @@
 //! second on loopback.
 
 mod admin;
+mod assertion;
 mod faults;
 mod listener;
 mod rfc7591;

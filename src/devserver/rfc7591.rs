@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
+use super::assertion::{self, JWT_BEARER};
 use super::faults::observed;
 use super::state::{AppState, Client, DisallowedScope, ScopePolicy, Store};
 use super::stats::Endpoint;
@@ -87,6 +88,17 @@ const AUTH_METHODS: &[&str] = &[
     "client_secret_jwt",
     "private_key_jwt",
 ];
+
+/// Client authentication the token endpoint takes (Keycloak also offers `tls_client_auth` and
+/// `client_secret_jwt`, which this server does not implement).
+const TOKEN_ENDPOINT_AUTH_METHODS: &[&str] = &[
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
+
+/// Algorithms of client assertions it verifies: the two SMART names.
+const SIGNING_ALGS: &[&str] = &["ES384", "RS384"];
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -152,13 +164,15 @@ async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) 
         "scopes_supported": scopes,
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": TOKEN_ENDPOINT_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
             "launch-ehr",
             "launch-standalone",
             "client-public",
             "client-confidential-symmetric",
+            "client-confidential-asymmetric",
             "context-ehr-patient",
             "context-standalone-patient",
             "permission-offline",
@@ -186,7 +200,8 @@ async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap)
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": TOKEN_ENDPOINT_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
     });
     wire::json_response(StatusCode::OK, &body)
 }
@@ -354,11 +369,20 @@ fn stored_metadata(
     metadata
 }
 
-fn is_public(metadata: &Map<String, Value>) -> bool {
+fn auth_method(metadata: &Map<String, Value>) -> Option<&str> {
     metadata
         .get("token_endpoint_auth_method")
         .and_then(Value::as_str)
-        == Some("none")
+}
+
+fn is_public(metadata: &Map<String, Value>) -> bool {
+    auth_method(metadata) == Some("none")
+}
+
+/// Whether the client authenticates with a secret the server issues: not public clients, and not
+/// `private_key_jwt` ones (Keycloak returns no `client_secret` for them).
+fn issues_secret(metadata: &Map<String, Value>) -> bool {
+    !matches!(auth_method(metadata), Some("none" | "private_key_jwt"))
 }
 
 fn check_initial_access_token(
@@ -410,7 +434,7 @@ async fn register(
     let client = Client {
         seq: store.next_seq(),
         client_id: client_id.clone(),
-        client_secret: (!is_public(&metadata)).then(|| wire::random_alphanumeric(32)),
+        client_secret: issues_secret(&metadata).then(|| wire::random_alphanumeric(32)),
         issued_at: now,
         scopes: granted.unwrap_or_default(),
         registration_access_token: Some(new_registration_access_token()),
@@ -500,7 +524,7 @@ async fn update(
     }
     validate(&metadata)?;
     let metadata = stored_metadata(metadata, granted.as_deref());
-    if is_public(&metadata) {
+    if !issues_secret(&metadata) {
         client.client_secret = None;
     } else if client.client_secret.is_none() {
         client.client_secret = Some(wire::random_alphanumeric(32));
@@ -536,6 +560,7 @@ const INVALID_CREDENTIALS: &str = "Invalid client or Invalid client credentials"
 
 /// Keycloak's token endpoint order: grant type, client authentication, then the grant's parameters.
 async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let origin = wire::origin(&headers, &state.fallback_origin);
     let form = if wire::is_form(&headers) {
         Fields::parse(&body)
     } else {
@@ -559,30 +584,60 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
         );
     }
 
-    let Some(credentials) = wire::client_credentials(&headers, &form) else {
+    let assertion = (form.get("client_assertion_type") == Some(JWT_BEARER))
+        .then(|| form.get("client_assertion").unwrap_or_default());
+    let client_id = match (assertion, wire::client_credentials(&headers, &form)) {
+        (_, Some(credentials)) => Some(credentials.client_id),
+        (Some(assertion), None) => assertion::claimed_client_id(assertion),
+        (None, None) => None,
+    };
+    let Some(client_id) = client_id else {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_client",
             "Missing client_id parameter",
         );
     };
-    let store = state.store();
-    let Some(client) = store.clients.get(&credentials.client_id) else {
+    let mut store = state.store();
+    let store = &mut *store;
+    let Some(client) = store.clients.get(&client_id) else {
         return token_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             INVALID_CREDENTIALS,
         );
     };
-    if !wire::secret_matches(
-        client.client_secret.as_deref(),
-        credentials.client_secret.as_deref(),
-    ) {
-        return token_error(
+    let authenticated = match assertion {
+        Some(assertion) => {
+            let audiences = [format!("{origin}/oauth2/token"), origin.clone()];
+            assertion::verify(
+                assertion,
+                &client.metadata,
+                &audiences,
+                &mut store.used_assertions,
+                wire::unix_now(),
+            )
+            .map_err(|description| {
+                token_error(StatusCode::BAD_REQUEST, "invalid_client", description)
+            })
+        }
+        None if wire::secret_matches(
+            client.client_secret.as_deref(),
+            wire::client_credentials(&headers, &form)
+                .and_then(|c| c.client_secret)
+                .as_deref(),
+        ) && auth_method(&client.metadata) != Some("private_key_jwt") =>
+        {
+            Ok(())
+        }
+        None => Err(token_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized_client",
             INVALID_CREDENTIALS,
-        );
+        )),
+    };
+    if let Err(refusal) = authenticated {
+        return refusal;
     }
 
     match grant_type {
@@ -617,7 +672,7 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
 }
 
 fn client_credentials_grant(client: &Client, requested: Option<&str>) -> Response {
-    if client.client_secret.is_none() {
+    if is_public(&client.metadata) {
         return token_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized_client",
@@ -636,19 +691,15 @@ fn client_credentials_grant(client: &Client, requested: Option<&str>) -> Respons
             "Client not enabled to retrieve service account",
         );
     }
-    // Requested scopes narrow the client's; scopes it was not granted are dropped.
-    let scopes: Vec<&str> = match requested {
-        Some(requested) => {
-            let wanted: BTreeSet<&str> = requested.split_whitespace().collect();
-            client
-                .scopes
-                .iter()
-                .map(String::as_str)
-                .filter(|s| wanted.contains(s))
-                .collect()
-        }
-        None => client.scopes.iter().map(String::as_str).collect(),
-    };
+    // As in Keycloak, where registered scopes become the client's optional scopes: a token carries
+    // the ones the request names and the client was granted, none without a `scope` parameter.
+    let wanted: BTreeSet<&str> = requested.unwrap_or_default().split_whitespace().collect();
+    let scopes: Vec<&str> = client
+        .scopes
+        .iter()
+        .map(String::as_str)
+        .filter(|s| wanted.contains(s))
+        .collect();
     let mut response = wire::json_response(
         StatusCode::OK,
         &json!({

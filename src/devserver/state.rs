@@ -118,6 +118,8 @@ pub(super) struct Store {
     pub scope_policy: ScopePolicy,
     /// S4S users and the patients each may act for.
     pub users: BTreeMap<String, BTreeSet<String>>,
+    /// Client assertions seen at the token endpoint (`jti` replay).
+    pub used_assertions: super::assertion::UsedAssertions,
     next_seq: u64,
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod auth_proxy;
+pub mod backend;
 pub mod operator;
 pub mod scenario;
 pub mod tls;
