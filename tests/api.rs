@@ -469,6 +469,49 @@ fn bad_manifests() -> Vec<BadManifest> {
             &["spec.debugTokens", "debug API"],
         ),
         bad(
+            "private_key_jwt with an S4SLegacy server",
+            smart_client("b60", |s| {
+                s["tokenEndpointAuthMethod"] = json!("private_key_jwt");
+                s["signingKey"] = json!({"algorithm": "ES384"});
+            }),
+            &["spec.tokenEndpointAuthMethod", "only RFC7591"],
+        ),
+        bad(
+            "private_key_jwt without a signingKey",
+            smart_client("b61", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["tokenEndpointAuthMethod"] = json!("private_key_jwt");
+            }),
+            &["spec.signingKey", "private_key_jwt needs a signingKey"],
+        ),
+        bad(
+            "a signingKey with a client secret",
+            smart_client("b62", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["signingKey"] = json!({"algorithm": "RS384"});
+            }),
+            &[
+                "spec.signingKey",
+                "goes with tokenEndpointAuthMethod: private_key_jwt",
+            ],
+        ),
+        bad(
+            "a signing algorithm SMART does not name",
+            smart_client("b63", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["tokenEndpointAuthMethod"] = json!("private_key_jwt");
+                s["signingKey"] = json!({"algorithm": "HS256"});
+            }),
+            &["spec.signingKey.algorithm", "Unsupported value"],
+        ),
+        bad(
+            "the private key renamed onto the client id",
+            smart_client("b64", |s| {
+                s["secret"] = json!({"keys": {"private_key": "client_id"}});
+            }),
+            &["spec.secret.keys", "same Secret key"],
+        ),
+        bad(
             "clientId with an RFC7591 cluster server",
             smart_client("b35", |s| {
                 s["authServerRef"] =

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::backend::private_key_jwt_clients_authenticate_with_assertions;
+use common::backend::{private_key_jwt_clients_authenticate_with_assertions, token_with_assertion};
 use common::operator::*;
 use common::*;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -16,7 +16,7 @@ use smart_operator::authserver::{
     Existence, HttpClient, HttpSettings, ServerEndpoints,
 };
 use smart_operator::crd::{Dialect, SmartClient};
-use smart_operator::keys::SigningAlgorithm;
+use smart_operator::keys::{SigningAlgorithm, SigningKey};
 
 fn keycloak_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -211,11 +211,12 @@ async fn keycloak_bad_redirect_uri_is_a_400_user_error() {
     assert_eq!(error.class(), ErrorClass::User);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_registers_updates_and_deletes_a_keycloak_client() {
+/// A fresh namespace with a SmartAuthServer `keycloak` (five registrations' worth of initial access
+/// token) and an operator watching it.
+async fn namespace_with_operator(prefix: &str) -> (kube::Client, String, Operator) {
     let client = client().await;
     install_crds(&client).await;
-    let ns = fresh_namespace(&client, "keycloak").await;
+    let ns = fresh_namespace(&client, prefix).await;
     let token = initial_access_token(5);
     apply(&client, Some(&ns), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iat"}, "stringData": {"token": token.expose_secret()}}))
         .await
@@ -231,7 +232,13 @@ async fn operator_registers_updates_and_deletes_a_keycloak_client() {
     }))
     .await
     .unwrap();
-    let _operator = Operator::start(&ns, &[]);
+    let operator = Operator::start(&ns, &[]);
+    (client, ns, operator)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_registers_updates_and_deletes_a_keycloak_client() {
+    let (client, ns, _operator) = namespace_with_operator("keycloak").await;
     create(&client, Some(&ns), json!({
         "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "app"},
         "spec": {"authServerRef": {"name": "keycloak"}, "redirectUris": ["https://app.example.org/callback"], "scopes": ["launch/patient", "patient/*.read"]},
@@ -325,4 +332,74 @@ async fn keycloak_registers_a_private_key_jwt_client_and_takes_its_assertions() 
         private_key_jwt_clients_authenticate_with_assertions(&server, &token_endpoint, algorithm)
             .await;
     }
+}
+
+/// The operator's backend service on the real server: the key it made and wrote to the Secret is
+/// the one Keycloak takes assertions from, before and after an algorithm change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tokens() {
+    let (client, ns, _operator) = namespace_with_operator("keycloak-backend").await;
+    create(&client, Some(&ns), json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "export"},
+        "spec": {"authServerRef": {"name": "keycloak"}, "grantTypes": ["client_credentials"], "scopes": ["system/*.read"],
+                 "tokenEndpointAuthMethod": "private_key_jwt", "signingKey": {"algorithm": "ES384"}},
+    }))
+    .await
+    .unwrap();
+    wait_for_ready(&client, &ns, "export", "True", "Ready").await;
+    let token_endpoint = keycloak_env("KEYCLOAK_TOKEN_ENDPOINT");
+    let key_in_secret = |algorithm| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let secret = get_secret(&client, &ns, "export-smart-client").await?;
+            let pem = secret_value(&secret, "private_key")?;
+            let key = SigningKey::from_pem(algorithm, SecretString::from(pem)).ok()?;
+            Some((key, secret_value(&secret, "client_id")?))
+        }
+    };
+    let (ec, client_id) = key_in_secret(SigningAlgorithm::ES384).await.unwrap();
+    let token = |key: SigningKey| {
+        let assertion = key
+            .client_assertion(&client_id, &token_endpoint, std::time::SystemTime::now())
+            .unwrap();
+        let token_endpoint = token_endpoint.clone();
+        async move {
+            token_with_assertion(
+                &token_endpoint,
+                assertion.expose_secret(),
+                Some("system/*.read"),
+            )
+            .await
+        }
+    };
+    let (status, body) = token(ec.clone()).await;
+    assert_eq!(
+        (status, &body["scope"]),
+        (200, &json!("system/*.read")),
+        "{body}"
+    );
+
+    let apps: Api<SmartClient> = Api::namespaced(client.clone(), &ns);
+    apps.patch(
+        "export",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"signingKey": {"algorithm": "RS384"}}})),
+    )
+    .await
+    .unwrap();
+    let rsa = eventually(
+        "Keycloak takes the new RS384 key from the Secret",
+        Duration::from_secs(30),
+        || async {
+            let (rsa, _) = key_in_secret(SigningAlgorithm::RS384).await?;
+            (token(rsa.clone()).await.0 == 200).then_some(rsa)
+        },
+    )
+    .await;
+    let (status, body) = token(ec).await;
+    assert_eq!(status, 400, "the replaced key is refused: {body}");
+    assert_eq!(body["error"], "invalid_client");
+    drop(rsa);
+    delete_and_wait_until_gone(&client, &ns, "export").await;
 }

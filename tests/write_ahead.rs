@@ -117,6 +117,69 @@ async fn a_secret_that_cannot_be_created_stops_the_registration_before_it_is_sen
     assert_eq!(s.server.count("register").await, 1);
 }
 
+/// A private_key_jwt client's key is in the Secret before the server is given its public part: a
+/// Secret that cannot be created registers nothing, and the key that goes out once it can is the key
+/// the operator made first (held in memory meanwhile), the one the Secret then holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_that_cannot_be_written_is_registered_nowhere() {
+    use secrecy::SecretString;
+    use smart_operator::keys::{SigningAlgorithm, SigningKey};
+    let s = setup("wal-key", DevDialect::Rfc7591, &[]).await;
+    let policy = refuse_secret_writes(&s, "svc-smart-client", &["CREATE"]).await;
+    let mut service = smart_client(
+        "svc",
+        json!({"grantTypes": ["client_credentials"], "scopes": ["system/*.read"],
+               "tokenEndpointAuthMethod": "private_key_jwt", "signingKey": {}}),
+    );
+    service["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("redirectUris");
+    create(&s.client, Some(&s.ns), service).await.unwrap();
+    wait_for_event(&s.client, &s.ns, "SigningKeyCreated").await;
+    eventually(
+        "SecretSynced=False with the apiserver's reason",
+        Duration::from_secs(30),
+        || async {
+            let client = api(&s).get("svc").await.ok()?;
+            let synced = condition_of(&client, "SecretSynced")?;
+            (synced.status == "False" && synced.reason == "SecretWriteFailed").then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.server.count("register").await,
+        0,
+        "no public key is registered whose private key is not in the Secret"
+    );
+    allow_secret_writes(&policy).await;
+    wait_for_ready(&s.client, &s.ns, "svc", "True", "Ready").await;
+    assert_eq!(s.server.count("register").await, 1);
+    let secret = get_secret(&s.client, &s.ns, "svc-smart-client")
+        .await
+        .unwrap();
+    let key = SigningKey::from_pem(
+        SigningAlgorithm::ES384,
+        SecretString::from(secret_value(&secret, "private_key").unwrap()),
+    )
+    .unwrap();
+    let registered = &s.server.clients().await[0];
+    assert_eq!(registered["jwks"]["keys"][0]["kid"], key.kid());
+    let made: Vec<String> = events(&s.client, &s.ns)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "SigningKeyCreated")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(
+        made.len(),
+        1,
+        "one key made, kept across the failed writes: {made:?}"
+    );
+    assert!(made[0].contains(key.kid()), "{made:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_secret_write_keeps_the_credentials_and_registers_nothing_more() {
     let s = setup("wal-refused", DevDialect::Rfc7591, &[]).await;

@@ -98,7 +98,7 @@ impl Floor {
         };
         let secret = render_secret(
             &object,
-            render_data(&object, &credentials, &public),
+            render_data(&object, &credentials, None, &public),
             Some(&credentials),
         );
         let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &namespace);

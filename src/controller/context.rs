@@ -61,6 +61,9 @@ struct Memory {
     /// The last registration this operator sent (the time it recorded in the Secret): its fate is
     /// known here, so finding it in the Secret is no sign of a lost answer.
     registration_sent_at: Option<String>,
+    /// A private_key_jwt client's key, held from the moment it is made: it reaches the Secret before
+    /// any registration publishes it, and a failed Secret write loses nothing.
+    signing_key: Option<crate::keys::SigningKey>,
 }
 
 /// Shared state of the controllers.
@@ -171,6 +174,18 @@ impl Context {
 
     pub(super) fn remember(&self, uid: &str, credentials: Option<StoredCredentials>) {
         self.with_memory(uid, |m| m.credentials = credentials);
+    }
+
+    pub(super) fn remembered_signing_key(&self, uid: &str) -> Option<crate::keys::SigningKey> {
+        self.memory
+            .lock()
+            .ok()?
+            .get(uid)
+            .and_then(|m| m.signing_key.clone())
+    }
+
+    pub(super) fn remember_signing_key(&self, uid: &str, key: Option<crate::keys::SigningKey>) {
+        self.with_memory(uid, |m| m.signing_key = key);
     }
 
     /// Whether this operator sent the registration recorded in flight since `sent_at`, or has

@@ -9,6 +9,7 @@ use crate::authserver::ClientMetadata;
 use crate::crd::{
     Dialect, GrantType, RESERVED_METADATA_FIELDS, SmartClient, TokenEndpointAuthMethod,
 };
+use crate::keys::{SigningAlgorithm, SigningKey, jwk_set};
 
 /// A spec the apiserver accepted but the operator cannot act on.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -71,6 +72,9 @@ pub fn desired_metadata(client: &SmartClient) -> Result<ClientMetadata, SpecErro
             .flatten()
             .map(|c| c.0.clone())
             .collect(),
+        // Filled in from the key the operator holds (see `with_signing_key`).
+        jwks: None,
+        token_endpoint_auth_signing_alg: None,
         extra,
     })
 }
@@ -111,7 +115,7 @@ pub fn is_applied(applied: &str, desired: &ClientMetadata, dialect: Dialect) -> 
 
 /// The hash of every field, as recorded before [`HASH_VERSION`] (and still the RFC7591 one).
 fn every_field_hash(metadata: &ClientMetadata) -> String {
-    digest(&serde_json::json!({
+    let mut fields = serde_json::json!({
         "client_name": metadata.client_name,
         "redirect_uris": metadata.redirect_uris,
         "scope": metadata.scopes,
@@ -121,7 +125,32 @@ fn every_field_hash(metadata: &ClientMetadata) -> String {
         "logo_uri": metadata.logo_uri,
         "contacts": metadata.contacts,
         "extra": metadata.extra,
-    }))
+    });
+    // Only where set, so the hash of every client registered before keys existed stays the same:
+    // a new public key changes it, and the server is given the new key set (RFC 7592 PUT).
+    if let Some(jwks) = &metadata.jwks {
+        fields["jwks"] = jwks.clone();
+    }
+    if let Some(alg) = &metadata.token_endpoint_auth_signing_alg {
+        fields["token_endpoint_auth_signing_alg"] = serde_json::json!(alg);
+    }
+    digest(&fields)
+}
+
+/// The algorithm of the key a private_key_jwt client needs; None for clients without one.
+pub fn wanted_signing_algorithm(client: &SmartClient) -> Option<SigningAlgorithm> {
+    client
+        .spec
+        .signing_key
+        .as_ref()
+        .map(|k| k.algorithm.unwrap_or(SigningAlgorithm::ES384))
+}
+
+/// The metadata with the public part of `key` (the client's `jwks` and signing algorithm).
+pub fn with_signing_key(mut metadata: ClientMetadata, key: &SigningKey) -> ClientMetadata {
+    metadata.jwks = serde_json::to_value(jwk_set([key])).ok();
+    metadata.token_endpoint_auth_signing_alg = Some(key.algorithm().jwa_name().to_owned());
+    metadata
 }
 
 fn digest(canonical: &serde_json::Value) -> String {

@@ -14,6 +14,7 @@ pub mod reconcile;
 mod record;
 pub mod resolve;
 pub mod secret;
+mod signing;
 mod steps;
 
 pub use context::{Context, Settings};

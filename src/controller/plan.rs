@@ -29,6 +29,8 @@ pub struct PlanInput<'a> {
     /// What the operator knows (memory, or the Secret read back after a restart).
     pub credentials: Option<&'a StoredCredentials>,
     pub secret_in_sync: bool,
+    /// Whether the Secret holds the signing key the client needs (true for clients without one).
+    pub signing_key_written: bool,
     /// Names of the debug tokens the spec asks for (empty for RFC7591).
     pub debug_tokens: Vec<&'a str>,
     pub now: Timestamp,
@@ -49,6 +51,8 @@ pub enum Action {
     Replace,
     /// Write the Secret from what the operator knows (it is missing, edited or stale).
     WriteSecret,
+    /// A private_key_jwt client: make its key if none is held, and write it to the Secret.
+    WriteSigningKey,
     /// Check that the server still knows the client.
     ProbeExistence,
     /// Mint the named debug token.
@@ -80,6 +84,11 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
     }
     if blocked_by_user_error(status, input.generation) {
         return Action::AwaitSpecChange;
+    }
+    // The key reaches the Secret before its public part reaches the server: the server never
+    // trusts a key the app cannot find.
+    if !input.signing_key_written {
+        return Action::WriteSigningKey;
     }
     let Some(credentials) = input.credentials else {
         return if status.client_id.is_none() {
@@ -266,10 +275,29 @@ mod tests {
             status,
             credentials,
             secret_in_sync: true,
+            signing_key_written: true,
             debug_tokens: vec![],
             now: now(),
             next_existence_check: now() + Duration::from_secs(600),
         }
+    }
+
+    #[test]
+    fn a_signing_key_reaches_the_secret_before_anything_registers_or_updates_with_it() {
+        let status = SmartClientStatus::default();
+        let mut first = input(&status, None);
+        first.signing_key_written = false;
+        assert_eq!(plan_next_action(&first), Action::WriteSigningKey);
+        first.signing_key_written = true;
+        assert_eq!(plan_next_action(&first), Action::Register);
+
+        // A key lost from the Secret of a registered client (or a new algorithm) comes before the
+        // update that publishes its public part.
+        let record = credentials(&[]);
+        let mut registered = input(&status, Some(&record));
+        registered.desired_hash = "h2";
+        registered.signing_key_written = false;
+        assert_eq!(plan_next_action(&registered), Action::WriteSigningKey);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::cleanup::{Cleanup, cleanup};
 use super::conditions::{self, derive_kstatus_conditions, set_condition};
 pub use super::context::{Context, Settings};
-use super::desired::{desired_metadata, metadata_hash};
+use super::desired::{desired_metadata, metadata_hash, with_signing_key};
 use super::observed::ObservedAuthServer;
 use super::plan::{
     Action, PlanInput, USER_ERROR_REASONS, backoff_delay, next_retry, plan_next_action,
@@ -66,6 +66,8 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error("the Secret could not be written: {0}")]
     SecretWrite(kube::Error),
+    #[error(transparent)]
+    SigningKey(#[from] crate::keys::KeyError),
 }
 
 impl ReconcileError {
@@ -75,6 +77,7 @@ impl ReconcileError {
             ReconcileError::Resolve(e) => e.reason(),
             ReconcileError::Kube(_) => "KubernetesApiError",
             ReconcileError::SecretWrite(_) => "SecretWriteFailed",
+            ReconcileError::SigningKey(_) => "SigningKeyFailed",
         }
     }
 }
@@ -185,6 +188,8 @@ pub(super) struct Run<'a> {
     /// When the registration now in flight was sent, as the Secret records it (see
     /// [`Run::announce_registration`]).
     pub(super) registration_sent_at: Option<String>,
+    /// A private_key_jwt client's key (see `signing.rs`).
+    pub(super) signing_key: Option<crate::keys::SigningKey>,
 }
 
 async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -203,6 +208,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         credentials: None,
         forgotten: None,
         registration_sent_at: None,
+        signing_key: None,
     };
     if run.pause_if_asked().await? {
         return Ok(Requeue::await_change());
@@ -229,6 +235,9 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
             return Err(e.into());
         }
         Err(ReconcileError::Resolve(e)) => run.record_not_usable(e.reason(), e.to_string()).await,
+        Err(e @ ReconcileError::SigningKey(_)) => {
+            run.record_not_usable(e.reason(), e.to_string()).await
+        }
     };
     // The Secret first: whoever sees Ready finds the credentials.
     if let Err(ReconcileError::SecretWrite(e)) = run.flush().await {
@@ -321,7 +330,7 @@ impl Run<'_> {
     }
 
     pub(super) async fn drive(&mut self) -> Result<Requeue, ReconcileError> {
-        let desired = match desired_metadata(self.client) {
+        let spec_metadata = match desired_metadata(self.client) {
             Ok(desired) => desired,
             Err(e) => return Ok(self.record_user_error("InvalidSpec", e.to_string()).await),
         };
@@ -335,7 +344,6 @@ impl Run<'_> {
         if let Some(problem) = dialect_mismatch(self.client, server.dialect()) {
             return Ok(self.record_user_error("InvalidSpec", problem).await);
         }
-        let desired_hash = metadata_hash(&desired, server.dialect());
         let secret_name = secret_name(self.client);
         let namespace = self.client.namespace().unwrap_or_default();
         self.observed_secret = self
@@ -345,6 +353,14 @@ impl Run<'_> {
             .map(|s| (*s).clone());
         let token_names: Vec<String> = self.debug_token_names(server.dialect());
         self.take_credentials(&token_names);
+        self.take_signing_key();
+        // What the server is to hold: the spec, and the public key of the key the operator holds.
+        let with_key = |key: Option<&crate::keys::SigningKey>| match key {
+            Some(key) => with_signing_key(spec_metadata.clone(), key),
+            None => spec_metadata.clone(),
+        };
+        let mut desired = with_key(self.signing_key.as_ref());
+        let mut desired_hash = metadata_hash(&desired, server.dialect());
         // spec.secret.name changed: status names the old Secret until it is emptied, so neither a
         // crash nor a restart loses track of it, and a restarted operator finds the credentials there.
         let renamed_from = self
@@ -372,7 +388,7 @@ impl Run<'_> {
                 (Some(credentials), Some(observed)) => is_in_sync(
                     observed,
                     self.client,
-                    &render_data(self.client, credentials, &public),
+                    &render_data(self.client, credentials, self.signing_key.as_ref(), &public),
                     Some(credentials),
                     self.registration_sent_at.as_deref(),
                 ),
@@ -387,6 +403,7 @@ impl Run<'_> {
                 status: &self.status,
                 credentials: self.credentials.as_ref(),
                 secret_in_sync,
+                signing_key_written: self.signing_key_written(),
                 debug_tokens: token_refs,
                 now: self.now,
                 next_existence_check: self.ctx.next_existence_check(
@@ -411,6 +428,9 @@ impl Run<'_> {
             if needs_secret && !secret_confirmed && !self.secret_written && !creates_secret {
                 self.observed_secret = self.secrets.get_opt(&secret_name).await?;
                 self.take_credentials(&token_names);
+                self.take_signing_key();
+                desired = with_key(self.signing_key.as_ref());
+                desired_hash = metadata_hash(&desired, server.dialect());
                 self.record_hashes_in_current_format(&desired, server.dialect(), &desired_hash);
                 self.account_for_unanswered_registration().await?;
                 secret_confirmed = true;
@@ -446,6 +466,7 @@ impl Run<'_> {
                     | Action::Backoff(_)
                     | Action::AwaitSpecChange
                     | Action::WriteSecret
+                    | Action::WriteSigningKey
             );
             if remote && !matches!(action, Action::MintToken(_)) {
                 self.flush().await?;
@@ -497,6 +518,17 @@ impl Run<'_> {
                     let auth = auth.as_ref().expect("built above");
                     self.register(auth, &server, &desired, &desired_hash, action)
                         .await?;
+                }
+                Action::WriteSigningKey => {
+                    let written = self.write_signing_key(&server, &desired.scopes).await?;
+                    desired = with_key(self.signing_key.as_ref());
+                    desired_hash = metadata_hash(&desired, server.dialect());
+                    if !written {
+                        // The Secret exists after all: plan again from what it holds.
+                        self.take_credentials(&token_names);
+                        self.take_signing_key();
+                        secret_confirmed = true;
+                    }
                 }
                 Action::Update => {
                     let auth = auth.as_ref().expect("built above");
@@ -834,6 +866,7 @@ pub(super) async fn write_client_status(
 fn change_of(action: &Action) -> Option<String> {
     Some(match action {
         Action::Register => "register the client".to_owned(),
+        Action::WriteSigningKey => "make a signing key and write it to the Secret".to_owned(),
         Action::ReRegister => {
             "register the client again (the server no longer knows it)".to_owned()
         }
@@ -862,6 +895,11 @@ fn dialect_mismatch(client: &SmartClient, dialect: Dialect) -> Option<String> {
     {
         return Some(format!(
             "spec.debugTokens need the Sync-for-Science debug API; this server speaks {dialect}"
+        ));
+    }
+    if client.spec.signing_key.is_some() && dialect != Dialect::Rfc7591 {
+        return Some(format!(
+            "spec.tokenEndpointAuthMethod private_key_jwt registers a public key, which only RFC7591 servers take; this one speaks {dialect}"
         ));
     }
     None

@@ -18,7 +18,7 @@ use super::reconcile::{FIELD_MANAGER, ReconcileError, Run};
 use super::resolve::ResolvedServer;
 use super::secret::{
     PublicValues, SecretOwnership, mark_registration_sent, read_credentials, registration_sent_at,
-    render_data, render_secret, secret_name, secret_ownership,
+    render_data, render_secret, render_signing_key, secret_name, secret_ownership,
 };
 use crate::crd::{Dialect, condition};
 
@@ -169,13 +169,20 @@ impl Run<'_> {
             .as_ref()
             .and_then(registration_sent_at)
             .is_some();
-        if record.is_none() && self.registration_sent_at.is_none() && !marked {
+        if record.is_none()
+            && self.registration_sent_at.is_none()
+            && !marked
+            && self.signing_key.is_none()
+        {
             return;
         }
         let public = self.public_values(server, requested);
-        let data = record
-            .map(|record| render_data(self.client, record, &public))
+        let mut data = record
+            .map(|record| render_data(self.client, record, self.signing_key.as_ref(), &public))
             .unwrap_or_default();
+        if record.is_none() {
+            render_signing_key(self.client, self.signing_key.as_ref(), &mut data);
+        }
         let mut secret = render_secret(self.client, data, record);
         mark_registration_sent(
             &mut secret,

@@ -9,6 +9,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crd::{SecretKeys, SmartClient};
+use crate::keys::{SigningAlgorithm, SigningKey};
 
 /// Label on every Secret the operator manages; the operator watches only Secrets carrying it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -122,6 +123,8 @@ struct KeyNames {
     token_endpoint: String,
     fhir_base_url: String,
     scope: String,
+    private_key: String,
+    key_id: String,
 }
 
 fn key_names(client: &SmartClient) -> KeyNames {
@@ -139,6 +142,8 @@ fn key_names(client: &SmartClient) -> KeyNames {
         token_endpoint,
         fhir_base_url,
         scope,
+        private_key,
+        key_id,
     } = renames;
     KeyNames {
         client_id: client_id.unwrap_or_else(|| "client_id".into()),
@@ -150,6 +155,8 @@ fn key_names(client: &SmartClient) -> KeyNames {
         token_endpoint: token_endpoint.unwrap_or_else(|| "token_endpoint".into()),
         fhir_base_url: fhir_base_url.unwrap_or_else(|| "fhir_base_url".into()),
         scope: scope.unwrap_or_else(|| "scope".into()),
+        private_key: private_key.unwrap_or_else(|| "private_key".into()),
+        key_id: key_id.unwrap_or_else(|| "key_id".into()),
     }
 }
 
@@ -157,6 +164,7 @@ fn key_names(client: &SmartClient) -> KeyNames {
 pub fn render_data(
     client: &SmartClient,
     credentials: &StoredCredentials,
+    key: Option<&SigningKey>,
     public: &PublicValues,
 ) -> BTreeMap<String, ByteString> {
     let keys = key_names(client);
@@ -193,7 +201,47 @@ pub fn render_data(
             put(&format!("{name}_expires_at"), expires_at);
         }
     }
+    render_signing_key(client, key, &mut data);
     data
+}
+
+/// A private_key_jwt client's key in the Secret's data: the PKCS#8 PEM and its kid.
+pub fn render_signing_key(
+    client: &SmartClient,
+    key: Option<&SigningKey>,
+    data: &mut BTreeMap<String, ByteString>,
+) {
+    let Some(key) = key else {
+        return;
+    };
+    let keys = key_names(client);
+    let pem = key.private_key_pem().expose_secret().as_bytes().to_vec();
+    data.insert(keys.private_key, ByteString(pem));
+    data.insert(keys.key_id, ByteString(key.kid().as_bytes().to_vec()));
+}
+
+/// The key in a Secret the operator owns, read as `algorithm`: none when absent, or of another
+/// algorithm or unreadable (the caller makes a new one, which is registered in its place).
+pub fn read_signing_key(
+    observed: &Secret,
+    client: &SmartClient,
+    algorithm: SigningAlgorithm,
+) -> Option<SigningKey> {
+    if !controlled_by(observed, client) {
+        return None;
+    }
+    let pem = observed
+        .data
+        .as_ref()?
+        .get(&key_names(client).private_key)?;
+    let pem = String::from_utf8(pem.0.clone()).ok()?;
+    SigningKey::from_pem(algorithm, SecretString::from(pem)).ok()
+}
+
+/// The kid the Secret names for its key, if any.
+pub fn written_key_id(observed: &Secret, client: &SmartClient) -> Option<String> {
+    let kid = observed.data.as_ref()?.get(&key_names(client).key_id)?;
+    String::from_utf8(kid.0.clone()).ok()
 }
 
 /// The whole Secret object for server-side apply: owned by the SmartClient (so it is garbage-collected
@@ -480,7 +528,7 @@ mod tests {
         let c = client(serde_json::json!({}));
         let secret = render_secret(
             &c,
-            render_data(&c, &credentials(), &PublicValues::default()),
+            render_data(&c, &credentials(), None, &PublicValues::default()),
             Some(&credentials()),
         );
         assert_eq!(secret.metadata.name.as_deref(), Some("app-smart-client"));
@@ -510,7 +558,7 @@ mod tests {
         let c = client(
             serde_json::json!({"name": "byo", "keys": {"client_id": "ID", "client_secret": "SECRET"}}),
         );
-        let data = render_data(&c, &credentials(), &PublicValues::default());
+        let data = render_data(&c, &credentials(), None, &PublicValues::default());
         assert!(
             data.contains_key("ID")
                 && data.contains_key("SECRET")
@@ -547,13 +595,13 @@ mod tests {
         let record = credentials();
         let secret = render_secret(
             &c,
-            render_data(&c, &record, &PublicValues::default()),
+            render_data(&c, &record, None, &PublicValues::default()),
             Some(&record),
         );
         assert_eq!(secret.annotations()[DEBUG_TOKENS_ANNOTATION], "daniel");
         let mut pruned = credentials();
         pruned.tokens.clear();
-        let data = render_data(&c, &pruned, &PublicValues::default());
+        let data = render_data(&c, &pruned, None, &PublicValues::default());
         assert!(
             !is_in_sync(&secret, &c, &data, Some(&pruned), None),
             "the Secret still holds the removed token's keys"
@@ -564,7 +612,7 @@ mod tests {
     fn a_secret_whose_credentials_were_edited_is_no_record() {
         let c = client(serde_json::json!({}));
         let record = credentials();
-        let data = render_data(&c, &record, &PublicValues::default());
+        let data = render_data(&c, &record, None, &PublicValues::default());
         let mut secret = render_secret(&c, data, Some(&record));
         assert!(read_credentials(&secret, &c, &[]).is_some());
         assert!(!credentials_edited(&secret, &c));
@@ -623,7 +671,7 @@ mod tests {
     #[test]
     fn an_edited_value_is_out_of_sync() {
         let c = client(serde_json::json!({}));
-        let data = render_data(&c, &credentials(), &PublicValues::default());
+        let data = render_data(&c, &credentials(), None, &PublicValues::default());
         let mut secret = render_secret(&c, data.clone(), None);
         secret
             .data

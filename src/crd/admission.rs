@@ -135,6 +135,11 @@ fn dialect_policy(server_kind: &str, name: &str) -> PolicyWithBinding {
                     "messageExpression": format!("'spec.debugTokens: Forbidden: debug tokens need the Sync-for-Science debug API (S4S or S4SLegacy); {server_kind} ' + params.metadata.name + ' speaks ' + params.spec.dialect"),
                     "reason": "Invalid",
                 },
+                {
+                    "expression": "!variables.refersToThisServer || params.spec.dialect == 'RFC7591' || !has(object.spec.signingKey)",
+                    "messageExpression": format!("'spec.tokenEndpointAuthMethod: Forbidden: private_key_jwt registers a public key, which only RFC7591 servers take; {server_kind} ' + params.metadata.name + ' speaks ' + params.spec.dialect"),
+                    "reason": "Invalid",
+                },
             ],
         },
     });

@@ -20,7 +20,8 @@ pub use auth_server::{
 pub use smart_client::{
     AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
     DeletionPolicy, GrantType, OrphanedClient, RESERVED_METADATA_FIELDS, RetryStatus, SecretKeys,
-    SecretSpec, SmartClient, SmartClientSpec, SmartClientStatus, TokenEndpointAuthMethod,
+    SecretSpec, SigningKeySpec, SmartClient, SmartClientSpec, SmartClientStatus,
+    TokenEndpointAuthMethod,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -18,6 +18,8 @@ pub const DEFAULT_SECRET_KEYS: &[&str] = &[
     "token_endpoint",
     "fhir_base_url",
     "scope",
+    "private_key",
+    "key_id",
 ];
 
 /// Registration metadata that the operator manages itself and that `extraMetadata` may not set.
@@ -36,6 +38,9 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     "token_endpoint_auth_method",
     "logo_uri",
     "contacts",
+    // Set from spec.signingKey for private_key_jwt clients.
+    "jwks",
+    "token_endpoint_auth_signing_alg",
 ];
 
 /// An OAuth client registered with a SMART auth server. The operator registers it, keeps its
@@ -81,6 +86,10 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     .message("the refresh_token grant needs authorization_code (refresh tokens come from authorizations)")
     .field_path(".grantTypes")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("has(self.signingKey) == (has(self.tokenEndpointAuthMethod) && self.tokenEndpointAuthMethod == 'private_key_jwt')")
+    .message("signingKey goes with tokenEndpointAuthMethod: private_key_jwt, and private_key_jwt needs a signingKey (e.g. signingKey: {algorithm: ES384})")
+    .field_path(".signingKey")
+    .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(token_keys_collision_rule())
     .message("a debug token's keys (<name>_access_token, <name>_refresh_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, registration_access_token, ... or their names in secret.keys): rename the token or the key")
     .field_path(".debugTokens")
@@ -124,9 +133,18 @@ pub struct SmartClientSpec {
     pub response_types: Option<Vec<ResponseType>>,
 
     /// How the client authenticates at the token endpoint (`token_endpoint_auth_method`). Default:
-    /// `client_secret_basic`. `none` registers a public client without a secret.
+    /// `client_secret_basic`. `none` registers a public client without a secret. `private_key_jwt`
+    /// (RFC7591 servers only) registers the public key of `signingKey` instead of getting a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+
+    /// The key pair of a `private_key_jwt` client (SMART's client-confidential-asymmetric profile,
+    /// required by SMART Backend Services). The operator generates it, writes the private key
+    /// (PKCS#8 PEM) and its key id (RFC 7638 thumbprint) to the Secret as `private_key` and `key_id`
+    /// before registering, and registers the public key inline as the client's `jwks`. Required with
+    /// `tokenEndpointAuthMethod: private_key_jwt`, refused with any other method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<SigningKeySpec>,
 
     /// URL of the client's logo (`logo_uri`), https only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +253,18 @@ pub enum TokenEndpointAuthMethod {
     ClientSecretPost,
     /// A public client: no secret.
     None,
+    /// A signed JWT assertion (RFC 7523) made with `signingKey`: no shared secret.
+    PrivateKeyJwt,
+}
+
+/// The key pair a `private_key_jwt` client signs its client assertions with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeySpec {
+    /// `ES384` (ECDSA on P-384, default) or `RS384` (RSA, 2048 bits). Changing it replaces the key:
+    /// the new public key is registered (RFC 7592 PUT) and the Secret gets the new private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<crate::keys::SigningAlgorithm>,
 }
 
 /// What to do with the remote registration when the SmartClient is deleted.
@@ -307,7 +337,7 @@ fn annotation_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema 
 
 /// Names of the keys written to a client's Secret. Each defaults to its own field name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new(SECRET_KEYS_UNIQUE_RULE)
+#[x_kube(validation = Rule::new(secret_keys_unique_rule())
     .message("two outputs would be written to the same Secret key")
     .reason(Reason::FieldValueInvalid))]
 pub struct SecretKeys {
@@ -339,29 +369,28 @@ pub struct SecretKeys {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub scope: Option<String>,
+    /// Key for the private key of a `private_key_jwt` client (PKCS#8 PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub private_key: Option<String>,
+    /// Key for that key's id (`kid`, the RFC 7638 thumbprint of its public key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key_id: Option<String>,
 }
 
 /// Every output key after renaming must be distinct (renaming `client_secret` to `client_id` would
 /// overwrite the id).
-const SECRET_KEYS_UNIQUE_RULE: &str = "[\
-    has(self.client_id) ? self.client_id : 'client_id', \
-    has(self.client_secret) ? self.client_secret : 'client_secret', \
-    has(self.registration_access_token) ? self.registration_access_token : 'registration_access_token', \
-    has(self.registration_client_uri) ? self.registration_client_uri : 'registration_client_uri', \
-    has(self.token_endpoint) ? self.token_endpoint : 'token_endpoint', \
-    has(self.fhir_base_url) ? self.fhir_base_url : 'fhir_base_url', \
-    has(self.scope) ? self.scope : 'scope'\
-    ].all(k, [\
-    has(self.client_id) ? self.client_id : 'client_id', \
-    has(self.client_secret) ? self.client_secret : 'client_secret', \
-    has(self.registration_access_token) ? self.registration_access_token : 'registration_access_token', \
-    has(self.registration_client_uri) ? self.registration_client_uri : 'registration_client_uri', \
-    has(self.token_endpoint) ? self.token_endpoint : 'token_endpoint', \
-    has(self.fhir_base_url) ? self.fhir_base_url : 'fhir_base_url', \
-    has(self.scope) ? self.scope : 'scope'\
-    ].filter(o, o == k).size() == 1)";
+fn secret_keys_unique_rule() -> String {
+    let keys: Vec<String> = DEFAULT_SECRET_KEYS
+        .iter()
+        .map(|k| format!("has(self.{k}) ? self.{k} : '{k}'"))
+        .collect();
+    let keys = format!("[{}]", keys.join(", "));
+    format!("{keys}.all(k, {keys}.filter(o, o == k).size() == 1)")
+}
 
-/// The seven output keys of `spec.secret.keys`, renamed or not, as a CEL list (self = the spec).
+/// The output keys of `spec.secret.keys`, renamed or not, as a CEL list (self = the spec).
 fn secret_keys_cel() -> String {
     let keys: Vec<String> = DEFAULT_SECRET_KEYS
         .iter()

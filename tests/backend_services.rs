@@ -1,0 +1,154 @@
+//! SMART Backend Services (issue 13): a `private_key_jwt` SmartClient gets a key pair the operator
+//! made, the private key is in its Secret before the server is given the public key, and the key in
+//! the Secret is the one the server takes assertions from, also after the algorithm changes.
+
+mod common;
+
+use common::backend::token_with_assertion;
+use common::operator::*;
+use common::scenario::*;
+use common::*;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use smart_operator::devserver::Dialect as DevDialect;
+use smart_operator::keys::{SigningAlgorithm, SigningKey};
+
+/// A backend service: client_credentials, system scopes, private_key_jwt with a key of `algorithm`.
+pub fn backend_service(name: &str, algorithm: &str) -> Value {
+    let mut client = smart_client(
+        name,
+        json!({
+            "grantTypes": ["client_credentials"],
+            "scopes": ["system/*.read"],
+            "tokenEndpointAuthMethod": "private_key_jwt",
+            "signingKey": {"algorithm": algorithm},
+        }),
+    );
+    client["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("redirectUris");
+    client
+}
+
+/// The key in the client's Secret, checked against the kid the Secret names.
+async fn key_in_secret(s: &Setup, name: &str, algorithm: SigningAlgorithm) -> (SigningKey, String) {
+    let secret = get_secret(&s.client, &s.ns, &format!("{name}-smart-client"))
+        .await
+        .expect("the Secret");
+    assert!(
+        secret_value(&secret, "client_secret").is_none(),
+        "no shared secret for private_key_jwt"
+    );
+    let pem = secret_value(&secret, "private_key").expect("private_key in the Secret");
+    let key = SigningKey::from_pem(algorithm, SecretString::from(pem)).expect("a PKCS#8 key");
+    assert_eq!(
+        secret_value(&secret, "key_id").as_deref(),
+        Some(key.kid()),
+        "key_id is the key's RFC 7638 thumbprint"
+    );
+    let client_id = secret_value(&secret, "client_id").expect("client_id");
+    (key, client_id)
+}
+
+/// The kids of the JWK Set the server holds for `client_id`.
+async fn registered_kids(s: &Setup, client_id: &str) -> Vec<String> {
+    let clients = s.server.clients().await;
+    let client = clients
+        .iter()
+        .find(|c| c["client_id"] == client_id)
+        .unwrap_or_else(|| panic!("{client_id} is not registered: {clients:?}"));
+    assert_eq!(client["token_endpoint_auth_method"], "private_key_jwt");
+    client["jwks"]["keys"]
+        .as_array()
+        .expect("an inline JWK Set")
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_service_is_registered_with_the_key_in_its_secret_and_follows_an_algorithm_change()
+ {
+    let s = setup("backend", DevDialect::Rfc7591, &[]).await;
+    create(&s.client, Some(&s.ns), backend_service("export", "ES384"))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
+    let (key, client_id) = key_in_secret(&s, "export", SigningAlgorithm::ES384).await;
+    assert_eq!(
+        registered_kids(&s, &client_id).await,
+        vec![key.kid().to_owned()]
+    );
+    let token_endpoint = format!("{}/oauth2/token", s.server.server.base_url());
+    let assertion = |key: &SigningKey| {
+        key.client_assertion(&client_id, &token_endpoint, std::time::SystemTime::now())
+            .unwrap()
+    };
+    let (status, body) = token_with_assertion(
+        &token_endpoint,
+        assertion(&key).expose_secret(),
+        Some("system/*.read"),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the Secret's key is the one the server takes: {body}"
+    );
+    let secret_names: Vec<String> = events(&s.client, &s.ns)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "SigningKeyCreated")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(secret_names.len(), 1, "{secret_names:?}");
+    assert!(
+        !secret_names[0].contains("PRIVATE KEY"),
+        "no key material in Events"
+    );
+
+    // A new algorithm: a new key in the Secret, the server given its public part in place of the old.
+    patch_spec(&s, "export", json!({"signingKey": {"algorithm": "RS384"}})).await;
+    let rsa = eventually(
+        "an RS384 key in the Secret and on the server",
+        std::time::Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&s.client, &s.ns, "export-smart-client").await?;
+            let pem = secret_value(&secret, "private_key")?;
+            let rsa =
+                SigningKey::from_pem(SigningAlgorithm::RS384, SecretString::from(pem)).ok()?;
+            (registered_kids(&s, &client_id).await == vec![rsa.kid().to_owned()]).then_some(rsa)
+        },
+    )
+    .await;
+    wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
+    let (status, body) =
+        token_with_assertion(&token_endpoint, assertion(&rsa).expose_secret(), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        token_with_assertion(&token_endpoint, assertion(&key).expose_secret(), None).await;
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (400, Some("Unable to load public key")),
+        "the old key is no longer trusted"
+    );
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "updated, not registered again"
+    );
+    assert_eq!(s.server.count("update").await, 1);
+
+    let log = s.operator.log();
+    let body: String = rsa
+        .private_key_pem()
+        .expose_secret()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(
+        !log.contains(&body[..40]),
+        "no key material in the operator's log"
+    );
+    delete_and_expect_registration_gone(&s, "export").await;
+}
