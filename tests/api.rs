@@ -512,6 +512,42 @@ fn bad_manifests() -> Vec<BadManifest> {
             &["spec.secret.keys", "same Secret key"],
         ),
         bad(
+            "access tokens with an S4SLegacy server",
+            smart_client("b65", |s| {
+                s.as_object_mut().unwrap().remove("redirectUris");
+                s["grantTypes"] = json!(["client_credentials"]);
+                s["accessTokens"] = json!([{"name": "bulk"}]);
+            }),
+            &["spec.accessTokens", "RFC7591"],
+        ),
+        bad(
+            "access tokens without the client_credentials grant",
+            smart_client("b66", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["accessTokens"] = json!([{"name": "bulk"}]);
+            }),
+            &["spec.accessTokens", "add it to grantTypes"],
+        ),
+        bad(
+            "an access token named like a debug token",
+            smart_client("b67", |s| {
+                s["grantTypes"] = json!(["authorization_code", "client_credentials"]);
+                s["debugTokens"] = json!([{"name": "t", "user": "u"}]);
+                s["accessTokens"] = json!([{"name": "t"}]);
+            }),
+            &["spec.accessTokens", "same name"],
+        ),
+        bad(
+            "an access token whose keys overwrite a credential",
+            smart_client("b68", |s| {
+                s["authServerRef"] = json!({"name": "dcr"});
+                s["grantTypes"] = json!(["authorization_code", "client_credentials"]);
+                s["secret"] = json!({"keys": {"client_secret": "bulk_access_token"}});
+                s["accessTokens"] = json!([{"name": "bulk"}]);
+            }),
+            &["spec.accessTokens", "would overwrite another Secret key"],
+        ),
+        bad(
             "clientId with an RFC7591 cluster server",
             smart_client("b35", |s| {
                 s["authServerRef"] =

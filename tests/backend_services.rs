@@ -152,3 +152,74 @@ async fn a_backend_service_is_registered_with_the_key_in_its_secret_and_follows_
     );
     delete_and_expect_registration_gone(&s, "export").await;
 }
+
+/// Access tokens on schedule (`spec.accessTokens`): obtained with a fresh assertion for a
+/// private_key_jwt client and with the secret for a client_secret_basic one, written to the
+/// Secret, and obtained again `refreshBefore` their expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_are_in_the_secret_and_obtained_again_before_they_expire() {
+    let s = setup("backend-tokens", DevDialect::Rfc7591, &[]).await;
+    s.server
+        .set_policy(json!({"access_token_lifetime_secs": 6}))
+        .await;
+    let mut asymmetric = backend_service("export", "ES384");
+    asymmetric["spec"]["accessTokens"] = json!([{"name": "bulk", "refreshBefore": "3s"}]);
+    let mut symmetric = smart_client(
+        "nightly",
+        json!({"grantTypes": ["client_credentials"], "scopes": ["system/*.read"],
+               "accessTokens": [{"name": "bulk", "refreshBefore": "3s"}]}),
+    );
+    symmetric["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("redirectUris");
+    for client in [asymmetric, symmetric] {
+        create(&s.client, Some(&s.ns), client).await.unwrap();
+    }
+    for name in ["export", "nightly"] {
+        let ready = wait_for_ready(&s.client, &s.ns, name, "True", "Ready")
+            .await
+            .status
+            .unwrap();
+        let entry = ready
+            .access_tokens
+            .iter()
+            .find(|t| t.name == "bulk")
+            .unwrap_or_else(|| panic!("{name}: status.accessTokens has bulk: {ready:?}"));
+        let (expires, refresh) = (
+            entry.expires_at.clone().unwrap().0,
+            entry.next_refresh_at.clone().unwrap().0,
+        );
+        assert!(refresh < expires, "{name}: renewed before it expires");
+        let fresh = ready
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "TokensFresh")
+            .expect("TokensFresh");
+        assert_eq!(fresh.status, "True", "{name}: {fresh:?}");
+        let secret = get_secret(&s.client, &s.ns, &format!("{name}-smart-client"))
+            .await
+            .unwrap();
+        let first = secret_value(&secret, "bulk_access_token").expect("bulk_access_token");
+        let expires_at = secret_value(&secret, "bulk_expires_at").expect("bulk_expires_at");
+        assert_eq!(
+            expires_at.parse::<k8s_openapi::jiff::Timestamp>().unwrap(),
+            expires,
+            "{name}: the Secret's expiry is status's"
+        );
+        eventually(
+            &format!("{name}: a new access token before the first expires"),
+            std::time::Duration::from_secs(20),
+            || async {
+                let secret = get_secret(&s.client, &s.ns, &format!("{name}-smart-client")).await?;
+                (secret_value(&secret, "bulk_access_token")? != first).then_some(())
+            },
+        )
+        .await;
+    }
+    let log = s.operator.log();
+    assert!(
+        !log.contains("client_assertion="),
+        "no assertion in the operator's log"
+    );
+}

@@ -342,7 +342,8 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
     create(&client, Some(&ns), json!({
         "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "export"},
         "spec": {"authServerRef": {"name": "keycloak"}, "grantTypes": ["client_credentials"], "scopes": ["system/*.read"],
-                 "tokenEndpointAuthMethod": "private_key_jwt", "signingKey": {"algorithm": "ES384"}},
+                 "tokenEndpointAuthMethod": "private_key_jwt", "signingKey": {"algorithm": "ES384"},
+                 "accessTokens": [{"name": "bulk"}]},
     }))
     .await
     .unwrap();
@@ -379,6 +380,16 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
         (200, &json!("system/*.read")),
         "{body}"
     );
+
+    // The operator's own access token: issued by Keycloak to this client, with the system scope.
+    let secret = get_secret(&client, &ns, "export-smart-client")
+        .await
+        .unwrap();
+    let access_token = secret_value(&secret, "bulk_access_token").expect("bulk_access_token");
+    let claims: serde_json::Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(&access_token).expect("a JWT");
+    assert_eq!(claims["azp"], json!(client_id), "{claims}");
+    assert_eq!(claims["scope"], "system/*.read", "{claims}");
 
     let apps: Api<SmartClient> = Api::namespaced(client.clone(), &ns);
     apps.patch(

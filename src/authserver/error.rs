@@ -67,6 +67,15 @@ pub enum AuthServerError {
     ClientGone,
 
     #[error(
+        "the token endpoint refused the client's authentication (HTTP {status}, {error}): {description}"
+    )]
+    ClientAuthenticationRejected {
+        status: u16,
+        error: String,
+        description: String,
+    },
+
+    #[error(
         "the auth server refuses to register client id {client_id} (it is taken) and does not accept this SmartClient's secret for it: the secret that registered it was lost (its Secret deleted while the operator was down?) or the id belongs to someone else; the registration cannot be overwritten: set another spec.clientId"
     )]
     ClientIdTaken { client_id: String },
@@ -120,6 +129,9 @@ impl AuthServerError {
             | ServerError { .. }
             | Protocol { .. }
             | ExistenceUnknown { .. }
+            // A refused key or secret is retried with backoff: the reason and the server's words are
+            // on TokensFresh, and a registration is never replaced because of it.
+            | ClientAuthenticationRejected { .. }
             | NotLeader => ErrorClass::Retryable,
             // Discovery documents are fetched over the network; a broken one is usually a server
             // mid-deploy, so it is retried like any other transient failure.
@@ -167,6 +179,7 @@ impl AuthServerError {
             InitialAccessTokenRejected { .. } => "InitialAccessTokenRejected",
             RegistrationAccessTokenRejected { .. } => "RegistrationAccessTokenRejected",
             ClientGone => "ClientGone",
+            ClientAuthenticationRejected { .. } => "ClientAuthenticationRejected",
             ClientIdTaken { .. } => "CredentialsLost",
             ExistenceUnknown { .. } => "ExistenceUnknown",
             Protocol { .. } => "AuthServerProtocolError",

@@ -85,6 +85,27 @@ pub struct DebugTokenGrant {
     pub refresh_token: Option<SecretString>,
 }
 
+/// How a client proves who it is at the token endpoint.
+#[derive(Clone, Debug)]
+pub enum ClientAuthentication {
+    /// `client_secret_basic`: HTTP Basic with the client id and secret.
+    Basic,
+    /// `client_secret_post`: the client id and secret in the form.
+    Post,
+    /// `private_key_jwt`: a signed client assertion (RFC 7523), made fresh for this request.
+    Assertion(SecretString),
+}
+
+/// An access token the server issued to the client itself (client_credentials grant).
+#[derive(Clone, Debug)]
+pub struct AccessTokenGrant {
+    pub access_token: SecretString,
+    /// `expires_in`, when the server said.
+    pub expires_in: Option<Duration>,
+    /// The scopes the token carries (`scope`), when the server said.
+    pub scope: Option<String>,
+}
+
 /// What introspection says about a token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenInfo {
@@ -135,6 +156,14 @@ pub trait AuthServer {
         client: &ClientCredentials,
         request: &DebugTokenRequest,
     ) -> impl Future<Output = Result<DebugTokenGrant, AuthServerError>> + Send;
+
+    /// Obtains an access token for the client itself with the client_credentials grant.
+    fn client_credentials_token(
+        &self,
+        client: &ClientCredentials,
+        authentication: &ClientAuthentication,
+        scopes: &[String],
+    ) -> impl Future<Output = Result<AccessTokenGrant, AuthServerError>> + Send;
 
     /// Tells whether a token is active and when it expires.
     fn introspect(
@@ -224,6 +253,15 @@ impl AuthServer for AuthServerClient {
         request: &DebugTokenRequest,
     ) -> Result<DebugTokenGrant, AuthServerError> {
         dispatch!(self, c => c.mint_debug_token(client, request))
+    }
+
+    async fn client_credentials_token(
+        &self,
+        client: &ClientCredentials,
+        authentication: &ClientAuthentication,
+        scopes: &[String],
+    ) -> Result<AccessTokenGrant, AuthServerError> {
+        dispatch!(self, c => c.client_credentials_token(client, authentication, scopes))
     }
 
     async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {

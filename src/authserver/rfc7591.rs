@@ -6,9 +6,10 @@ use serde_json::{Map, Value, json};
 
 use super::http::{HttpAnswer, HttpClient, OAuthErrorBody, Redactor, transient_error};
 use super::{
-    AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
-    DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
-    probe_with_refresh_grant, registration_from_answer, required_endpoint,
+    AccessTokenGrant, AuthServer, AuthServerError, ClientAuthentication, ClientCredentials,
+    ClientMetadata, DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient,
+    ServerEndpoints, TokenInfo, probe_with_refresh_grant, registration_from_answer,
+    required_endpoint,
 };
 
 #[derive(Clone, Debug)]
@@ -254,6 +255,86 @@ impl AuthServer for Rfc7591Client {
         Err(AuthServerError::Unsupported {
             dialect: "RFC7591",
             operation: "mint debug tokens",
+        })
+    }
+
+    async fn client_credentials_token(
+        &self,
+        client: &ClientCredentials,
+        authentication: &ClientAuthentication,
+        scopes: &[String],
+    ) -> Result<AccessTokenGrant, AuthServerError> {
+        let endpoint = self
+            .token_endpoint
+            .as_deref()
+            .ok_or(AuthServerError::Unsupported {
+                dialect: "RFC7591",
+                operation: "obtain access tokens without a token endpoint (set spec.endpoints.token)",
+            })?;
+        let assertion = match authentication {
+            ClientAuthentication::Assertion(assertion) => Some(assertion),
+            _ => None,
+        };
+        let redactor = Redactor::new()
+            .with(client.client_secret.as_ref())
+            .with(assertion);
+        let scope = scopes.join(" ");
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let secret = client.client_secret.as_ref().map(|s| s.expose_secret());
+        let mut request = self.http.post(endpoint);
+        match authentication {
+            ClientAuthentication::Basic => {
+                request = request.basic_auth(&client.client_id, secret);
+            }
+            ClientAuthentication::Post => {
+                form.push(("client_id", &client.client_id));
+                form.push(("client_secret", secret.unwrap_or_default()));
+            }
+            ClientAuthentication::Assertion(assertion) => {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ));
+                form.push(("client_assertion", assertion.expose_secret()));
+            }
+        }
+        let answer = self
+            .http
+            .send(request.form(&form), endpoint, &redactor)
+            .await?;
+        if answer.status.is_success() {
+            #[derive(serde::Deserialize)]
+            struct TokenAnswer {
+                access_token: String,
+                expires_in: Option<u64>,
+                scope: Option<String>,
+            }
+            // The body holds the token: a parse failure says what is wrong, never what it says.
+            let parsed: TokenAnswer =
+                serde_json::from_slice(&answer.body).map_err(|e| AuthServerError::Protocol {
+                    endpoint: endpoint.to_owned(),
+                    detail: format!(
+                        "the token answer is not a token response ({:?} error)",
+                        e.classify()
+                    ),
+                })?;
+            return Ok(AccessTokenGrant {
+                access_token: SecretString::from(parsed.access_token),
+                expires_in: parsed.expires_in.map(std::time::Duration::from_secs),
+                scope: parsed.scope,
+            });
+        }
+        if let Some(transient) = transient_error(&answer, endpoint, &redactor) {
+            return Err(transient);
+        }
+        let body = OAuthErrorBody::parse(&answer.body, &redactor);
+        Err(AuthServerError::ClientAuthenticationRejected {
+            status: answer.status.as_u16(),
+            error: body.error,
+            description: body.error_description,
         })
     }
 

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::http::{HttpAnswer, HttpClient, OAuthErrorBody, Redactor, decode_json, transient_error};
 use super::{
-    AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
-    DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
-    probe_with_refresh_grant, registration_from_answer, required_endpoint, split_scopes,
+    AccessTokenGrant, AuthServer, AuthServerError, ClientAuthentication, ClientCredentials,
+    ClientMetadata, DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient,
+    ServerEndpoints, TokenInfo, probe_with_refresh_grant, registration_from_answer,
+    required_endpoint, split_scopes,
 };
 
 #[derive(Clone, Debug)]
@@ -214,6 +215,18 @@ impl AuthServer for S4sClient {
             "access_lifetime": request.lifetime.as_secs(),
         });
         post_debug_token(&self.http, endpoint, &redactor, &body).await
+    }
+
+    async fn client_credentials_token(
+        &self,
+        _client: &ClientCredentials,
+        _authentication: &ClientAuthentication,
+        _scopes: &[String],
+    ) -> Result<AccessTokenGrant, AuthServerError> {
+        Err(AuthServerError::Unsupported {
+            dialect: "S4S",
+            operation: "obtain client_credentials access tokens",
+        })
     }
 
     async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {

@@ -12,9 +12,9 @@ use super::s4s::{
     fetch_introspection, parse_expiry, post_debug_token, required, s4s_failure, unix_seconds,
 };
 use super::{
-    AuthServer, AuthServerError, ClientCredentials, ClientMetadata, DebugTokenGrant,
-    DebugTokenRequest, Existence, RegisteredClient, ServerEndpoints, TokenInfo,
-    probe_with_refresh_grant, required_endpoint,
+    AccessTokenGrant, AuthServer, AuthServerError, ClientAuthentication, ClientCredentials,
+    ClientMetadata, DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient,
+    ServerEndpoints, TokenInfo, probe_with_refresh_grant, required_endpoint,
 };
 
 #[derive(Clone, Debug)]
@@ -148,6 +148,18 @@ impl AuthServer for S4sLegacyClient {
             "patient_id": request.patient_id,
         });
         post_debug_token(&self.http, endpoint, &redactor, &body).await
+    }
+
+    async fn client_credentials_token(
+        &self,
+        _client: &ClientCredentials,
+        _authentication: &ClientAuthentication,
+        _scopes: &[String],
+    ) -> Result<AccessTokenGrant, AuthServerError> {
+        Err(AuthServerError::Unsupported {
+            dialect: "S4SLegacy",
+            operation: "obtain client_credentials access tokens",
+        })
     }
 
     async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {

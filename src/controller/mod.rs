@@ -1,5 +1,6 @@
 //! The controllers: SmartClient (resolve → plan → apply → status) and the two auth server kinds.
 
+mod access_tokens;
 pub mod auth_server;
 pub mod cache;
 pub mod cleanup;

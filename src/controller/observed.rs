@@ -8,8 +8,9 @@ use secrecy::SecretString;
 
 use super::context::HttpClients;
 use crate::authserver::{
-    AuthServer, AuthServerClient, AuthServerError, ClientCredentials, ClientMetadata,
-    DebugTokenGrant, DebugTokenRequest, Existence, RegisteredClient, TokenInfo,
+    AccessTokenGrant, AuthServer, AuthServerClient, AuthServerError, ClientAuthentication,
+    ClientCredentials, ClientMetadata, DebugTokenGrant, DebugTokenRequest, Existence,
+    RegisteredClient, TokenInfo,
 };
 use crate::leadership::Leadership;
 use crate::telemetry::Metrics;
@@ -89,6 +90,20 @@ impl AuthServer for ObservedAuthServer {
     ) -> Result<DebugTokenGrant, AuthServerError> {
         self.observe("debug_token", self.inner.mint_debug_token(client, request))
             .await
+    }
+
+    async fn client_credentials_token(
+        &self,
+        client: &ClientCredentials,
+        authentication: &ClientAuthentication,
+        scopes: &[String],
+    ) -> Result<AccessTokenGrant, AuthServerError> {
+        self.observe(
+            "access_token",
+            self.inner
+                .client_credentials_token(client, authentication, scopes),
+        )
+        .await
     }
 
     async fn introspect(&self, access_token: &SecretString) -> Result<TokenInfo, AuthServerError> {

@@ -31,8 +31,9 @@ pub struct PlanInput<'a> {
     pub secret_in_sync: bool,
     /// Whether the Secret holds the signing key the client needs (true for clients without one).
     pub signing_key_written: bool,
-    /// Names of the debug tokens the spec asks for (empty for RFC7591).
-    pub debug_tokens: Vec<&'a str>,
+    /// Names of the tokens the operator keeps fresh: debug tokens (S4S dialects) and access tokens
+    /// (RFC7591), unique across both.
+    pub tokens: Vec<&'a str>,
     pub now: Timestamp,
     /// When the next "does the client still exist" probe is due.
     pub next_existence_check: Timestamp,
@@ -127,10 +128,11 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
         return Action::ProbeExistence;
     }
     let mut next_wakeup = input.next_existence_check;
-    for name in &input.debug_tokens {
+    for name in &input.tokens {
         let refresh_at = status
             .debug_tokens
             .iter()
+            .chain(&status.access_tokens)
             .find(|t| t.name == *name)
             .and_then(|t| t.next_refresh_at.as_ref())
             .map(|t| t.0);
@@ -276,7 +278,7 @@ mod tests {
             credentials,
             secret_in_sync: true,
             signing_key_written: true,
-            debug_tokens: vec![],
+            tokens: vec![],
             now: now(),
             next_existence_check: now() + Duration::from_secs(600),
         }
@@ -449,7 +451,7 @@ mod tests {
         let mut status = healthy_status();
         let creds = credentials(&["a"]);
         let mut i = input(&status, Some(&creds));
-        i.debug_tokens = vec!["a", "b"];
+        i.tokens = vec!["a", "b"];
         assert_eq!(
             plan_next_action(&i),
             Action::MintToken("a".into()),
@@ -461,13 +463,13 @@ mod tests {
             next_refresh_at: Some(Time(now() + Duration::from_secs(30))),
         }];
         let mut i = input(&status, Some(&creds));
-        i.debug_tokens = vec!["a", "b"];
+        i.tokens = vec!["a", "b"];
         assert_eq!(
             plan_next_action(&i),
             Action::MintToken("b".into()),
             "b is not in the Secret"
         );
-        i.debug_tokens = vec!["a"];
+        i.tokens = vec!["a"];
         assert_eq!(
             plan_next_action(&i),
             Action::Wait(Some(Duration::from_secs(30)))

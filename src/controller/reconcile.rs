@@ -351,7 +351,7 @@ impl Run<'_> {
             .caches
             .secret(&namespace, &secret_name)
             .map(|s| (*s).clone());
-        let token_names: Vec<String> = self.debug_token_names(server.dialect());
+        let token_names: Vec<String> = self.token_names(server.dialect());
         self.take_credentials(&token_names);
         self.take_signing_key();
         // What the server is to hold: the spec, and the public key of the key the operator holds.
@@ -404,7 +404,7 @@ impl Run<'_> {
                 credentials: self.credentials.as_ref(),
                 secret_in_sync,
                 signing_key_written: self.signing_key_written(),
-                debug_tokens: token_refs,
+                tokens: token_refs,
                 now: self.now,
                 next_existence_check: self.ctx.next_existence_check(
                     &self.uid,
@@ -573,12 +573,20 @@ impl Run<'_> {
         // Healthy: whatever failed before (a Secret write, a probe) has been done since, so no backoff
         // is left to delay or block what comes next (a deletion, say).
         self.status.retry = None;
-        let token_names = self.debug_token_names(server.dialect());
+        let token_names = self.token_names(server.dialect());
         self.status
             .debug_tokens
             .retain(|t| token_names.contains(&t.name));
+        self.status
+            .access_tokens
+            .retain(|t| token_names.contains(&t.name));
         self.ctx.metrics.forget_tokens_of(&self.uid);
-        for token in &self.status.debug_tokens {
+        for token in self
+            .status
+            .debug_tokens
+            .iter()
+            .chain(&self.status.access_tokens)
+        {
             if let (Some(expires), Some(refresh)) = (&token.expires_at, &token.next_refresh_at) {
                 let schedule = (expires.0.as_second(), refresh.0.as_second());
                 self.ctx
@@ -593,7 +601,7 @@ impl Run<'_> {
                 true,
                 "TokensFresh",
                 format!(
-                    "{} debug token(s) minted and scheduled for renewal",
+                    "{} token(s) obtained and scheduled for renewal",
                     token_names.len()
                 ),
                 Some(self.generation),
@@ -895,6 +903,17 @@ fn dialect_mismatch(client: &SmartClient, dialect: Dialect) -> Option<String> {
     {
         return Some(format!(
             "spec.debugTokens need the Sync-for-Science debug API; this server speaks {dialect}"
+        ));
+    }
+    if client
+        .spec
+        .access_tokens
+        .as_ref()
+        .is_some_and(|t| !t.is_empty())
+        && dialect != Dialect::Rfc7591
+    {
+        return Some(format!(
+            "spec.accessTokens come from an RFC7591 server's token endpoint; this server speaks {dialect} (use debugTokens)"
         ));
     }
     if client.spec.signing_key.is_some() && dialect != Dialect::Rfc7591 {

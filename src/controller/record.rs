@@ -127,17 +127,23 @@ impl Run<'_> {
         }
     }
 
-    pub(super) fn debug_token_names(&self, dialect: Dialect) -> Vec<String> {
-        if !dialect.mints_debug_tokens() {
-            return Vec::new();
-        }
-        self.client
-            .spec
+    /// The tokens the operator keeps fresh in the Secret: debug tokens where the dialect mints them,
+    /// access tokens (client_credentials) on RFC7591 servers. Names are unique across both.
+    pub(super) fn token_names(&self, dialect: Dialect) -> Vec<String> {
+        let spec = &self.client.spec;
+        let debug = spec
             .debug_tokens
             .iter()
             .flatten()
             .map(|t| t.name.clone())
-            .collect()
+            .filter(|_| dialect.mints_debug_tokens());
+        let access = spec
+            .access_tokens
+            .iter()
+            .flatten()
+            .map(|t| t.name.clone())
+            .filter(|_| dialect == Dialect::Rfc7591);
+        debug.chain(access).collect()
     }
 
     pub(super) fn public_values(

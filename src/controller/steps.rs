@@ -247,6 +247,7 @@ impl Run<'_> {
         if keep_tokens.is_none() {
             // Tokens belong to a client id; a new client needs new ones.
             self.status.debug_tokens.clear();
+            self.status.access_tokens.clear();
         }
         let RegisteredClient {
             client_id,
@@ -452,6 +453,19 @@ impl Run<'_> {
         scopes: &[String],
         name: &str,
     ) -> Result<(), ReconcileError> {
+        if let Some(access) = self
+            .client
+            .spec
+            .access_tokens
+            .iter()
+            .flatten()
+            .find(|t| t.name == name)
+            .cloned()
+        {
+            return self
+                .obtain_access_token(auth, server, scopes, &access)
+                .await;
+        }
         let spec = self
             .client
             .spec
@@ -510,15 +524,28 @@ impl Run<'_> {
         }
         .unwrap_or(minted_at + lifetime);
         let next_refresh_at = refresh_due_at(minted_at, expires_at, refresh_before, rand::random());
+        let token = StoredToken {
+            access_token: grant.access_token,
+            refresh_token: grant.refresh_token,
+            expires_at: Some(expires_at.to_string()),
+        };
+        self.keep_token(server, scopes, name, token, expires_at, next_refresh_at);
+        info!(client = %self.client.name_any(), token = name, %expires_at, %next_refresh_at, "debug token minted");
+        Ok(())
+    }
+
+    /// Takes a new token into the record (and the staged Secret) and its schedule into status.
+    pub(super) fn keep_token(
+        &mut self,
+        server: &ResolvedServer,
+        scopes: &[String],
+        name: &str,
+        token: StoredToken,
+        expires_at: Timestamp,
+        next_refresh_at: Timestamp,
+    ) {
         if let Some(credentials) = self.credentials.as_mut() {
-            credentials.tokens.insert(
-                name.to_owned(),
-                StoredToken {
-                    access_token: grant.access_token,
-                    refresh_token: grant.refresh_token,
-                    expires_at: Some(expires_at.to_string()),
-                },
-            );
+            credentials.tokens.insert(name.to_owned(), token);
         }
         self.persist(server, scopes);
         let entry = DebugTokenStatus {
@@ -526,11 +553,21 @@ impl Run<'_> {
             expires_at: Some(Time(expires_at)),
             next_refresh_at: Some(Time(next_refresh_at)),
         };
-        self.status.debug_tokens.retain(|t| t.name != name);
-        self.status.debug_tokens.push(entry);
-        self.status.debug_tokens.sort_by(|a, b| a.name.cmp(&b.name));
+        let is_access_token = self
+            .client
+            .spec
+            .access_tokens
+            .iter()
+            .flatten()
+            .any(|t| t.name == name);
+        let list = if is_access_token {
+            &mut self.status.access_tokens
+        } else {
+            &mut self.status.debug_tokens
+        };
+        list.retain(|t| t.name != name);
+        list.push(entry);
+        list.sort_by(|a, b| a.name.cmp(&b.name));
         self.status.retry = None;
-        info!(client = %self.client.name_any(), token = name, %expires_at, %next_refresh_at, "debug token minted");
-        Ok(())
     }
 }

@@ -136,6 +136,11 @@ fn dialect_policy(server_kind: &str, name: &str) -> PolicyWithBinding {
                     "reason": "Invalid",
                 },
                 {
+                    "expression": "!variables.refersToThisServer || params.spec.dialect == 'RFC7591' || !has(object.spec.accessTokens) || size(object.spec.accessTokens) == 0",
+                    "messageExpression": format!("'spec.accessTokens: Forbidden: client_credentials tokens come from RFC7591 servers (S4S dialects have debugTokens); {server_kind} ' + params.metadata.name + ' speaks ' + params.spec.dialect"),
+                    "reason": "Invalid",
+                },
+                {
                     "expression": "!variables.refersToThisServer || params.spec.dialect == 'RFC7591' || !has(object.spec.signingKey)",
                     "messageExpression": format!("'spec.tokenEndpointAuthMethod: Forbidden: private_key_jwt registers a public key, which only RFC7591 servers take; {server_kind} ' + params.metadata.name + ' speaks ' + params.spec.dialect"),
                     "reason": "Invalid",

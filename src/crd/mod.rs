@@ -18,7 +18,7 @@ pub use auth_server::{
     TlsConfig,
 };
 pub use smart_client::{
-    AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
+    AccessToken, AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
     DeletionPolicy, GrantType, OrphanedClient, RESERVED_METADATA_FIELDS, RetryStatus, SecretKeys,
     SecretSpec, SigningKeySpec, SmartClient, SmartClientSpec, SmartClientStatus,
     TokenEndpointAuthMethod,

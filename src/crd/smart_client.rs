@@ -90,6 +90,18 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     .message("signingKey goes with tokenEndpointAuthMethod: private_key_jwt, and private_key_jwt needs a signingKey (e.g. signingKey: {algorithm: ES384})")
     .field_path(".signingKey")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.accessTokens) || size(self.accessTokens) == 0 || (has(self.grantTypes) && 'client_credentials' in self.grantTypes)")
+    .message("accessTokens are obtained with the client_credentials grant: add it to grantTypes")
+    .field_path(".accessTokens")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.accessTokens) || !has(self.debugTokens) || self.accessTokens.all(a, !self.debugTokens.exists(d, d.name == a.name))")
+    .message("an access token and a debug token have the same name: their Secret keys would collide")
+    .field_path(".accessTokens")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(access_token_keys_collision_rule())
+    .message("an access token's keys (<name>_access_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys): rename the token or the key")
+    .field_path(".accessTokens")
+    .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(token_keys_collision_rule())
     .message("a debug token's keys (<name>_access_token, <name>_refresh_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, registration_access_token, ... or their names in secret.keys): rename the token or the key")
     .field_path(".debugTokens")
@@ -181,6 +193,16 @@ pub struct SmartClientSpec {
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub debug_tokens: Option<Vec<DebugToken>>,
+
+    /// Access tokens the operator obtains for the client itself with the client_credentials grant
+    /// (RFC7591 servers; the client's grantTypes must include client_credentials), authenticating
+    /// with a fresh client assertion (private_key_jwt) or its secret, written to the Secret as
+    /// `<name>_access_token` and `<name>_expires_at`, and obtained again before they expire. Names
+    /// are shared with `debugTokens`: each is unique across both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub access_tokens: Option<Vec<AccessToken>>,
 
     /// What happens to the registration when this SmartClient is deleted: `Delete` (default) removes
     /// it from the auth server (RFC 7592 DELETE); `Orphan` leaves it there. S4S dialects cannot delete
@@ -414,6 +436,14 @@ fn token_keys_collision_rule() -> String {
     )
 }
 
+/// An access token's keys must not be an output key either.
+fn access_token_keys_collision_rule() -> String {
+    format!(
+        "!has(self.accessTokens) || self.accessTokens.all(t, {TOKEN_KEYS_CEL}.all(k, !(k in {})))",
+        secret_keys_cel()
+    )
+}
+
 /// An access token minted for a test user through the Sync-for-Science debug API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -446,6 +476,28 @@ pub struct DebugToken {
     pub lifetime: Option<kube::core::Duration>,
     /// How long before expiry the token is re-minted (with up to 10% jitter earlier). Default: a
     /// fifth of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("refreshBefore must be at least 1s"))]
+    pub refresh_before: Option<kube::core::Duration>,
+}
+
+/// An access token for the client itself (client_credentials grant), kept fresh by the operator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessToken {
+    /// Name of the token; prefixes its Secret keys (`<name>_access_token`, `<name>_expires_at`).
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Scopes to request. Default: the client's scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub scopes: Option<Vec<SmartScope>>,
+    /// How long before expiry the token is obtained again (with up to 10% jitter earlier). Default:
+    /// a fifth of the lifetime the server gives it (`expires_in`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
         .message("refreshBefore must be at least 1s"))]
@@ -490,6 +542,10 @@ pub struct SmartClientStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub debug_tokens: Vec<DebugTokenStatus>,
+    /// State of each access token of `spec.accessTokens`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub access_tokens: Vec<DebugTokenStatus>,
     /// Clients this SmartClient registered earlier and could not delete (S4S dialects cannot), e.g.
     /// after a replacement. Clean them up on the server by hand if needed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

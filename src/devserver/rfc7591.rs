@@ -667,11 +667,18 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
             "unauthorized_client",
             "Client not allowed for direct access grants",
         ),
-        _ => client_credentials_grant(client, form.get("scope")),
+        _ => client_credentials_grant(
+            client,
+            form.get("scope"),
+            store
+                .scope_policy
+                .access_token_lifetime_secs
+                .unwrap_or(ACCESS_TOKEN_LIFETIME),
+        ),
     }
 }
 
-fn client_credentials_grant(client: &Client, requested: Option<&str>) -> Response {
+fn client_credentials_grant(client: &Client, requested: Option<&str>, lifetime: i64) -> Response {
     if is_public(&client.metadata) {
         return token_error(
             StatusCode::UNAUTHORIZED,
@@ -704,7 +711,7 @@ fn client_credentials_grant(client: &Client, requested: Option<&str>) -> Respons
         StatusCode::OK,
         &json!({
             "access_token": wire::random_alphanumeric(64),
-            "expires_in": ACCESS_TOKEN_LIFETIME,
+            "expires_in": lifetime,
             "refresh_expires_in": 0,
             "token_type": "Bearer",
             "not-before-policy": 0,

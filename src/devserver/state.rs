@@ -292,6 +292,9 @@ pub(super) struct ScopePolicy {
     /// older Keycloak releases did.
     #[serde(default)]
     pub rotate_token_on_read: bool,
+    /// Lifetime of client_credentials access tokens (`expires_in`); default 300 s, Keycloak's.
+    #[serde(default)]
+    pub access_token_lifetime_secs: Option<i64>,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
