@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use std::time::Duration;
 use tracing::info;
 
-use super::conditions::set_condition;
+use super::conditions::{find, set_condition};
 use super::desired::{generate_client_secret, s4s_legacy_client_id};
 use super::observed::ObservedAuthServer;
 use super::plan::{Action, refresh_due_at};
@@ -103,6 +103,7 @@ impl Run<'_> {
         };
         self.registration_sent_at = None;
         self.accept_registration(registered, server, desired_hash);
+        self.report_granted_scopes(&desired.scopes).await;
         self.persist(server, &desired.scopes);
         self.status.retry = None;
         self.ctx.schedule_existence_check(&self.uid, self.now);
@@ -305,6 +306,63 @@ impl Run<'_> {
         );
     }
 
+    /// Whether the server granted every scope asked for: `ScopesGranted`, False with the scopes it
+    /// left out (reason `ScopesNarrowed`, and a Warning Event when that changes). The Secret's `scope`
+    /// key already shows what was granted. A server that does not say what it granted is believed.
+    pub(super) async fn report_granted_scopes(&mut self, requested: &[String]) {
+        let granted = &self.status.granted_scopes;
+        if granted.is_empty() {
+            return;
+        }
+        let missing: Vec<&str> = requested
+            .iter()
+            .filter(|s| !granted.contains(s))
+            .map(String::as_str)
+            .collect();
+        let before = find(&self.status.conditions, condition::SCOPES_GRANTED).cloned();
+        let (all, reason, message) = if missing.is_empty() {
+            (
+                true,
+                "AllScopesGranted",
+                "the server granted every requested scope".to_owned(),
+            )
+        } else {
+            (
+                false,
+                "ScopesNarrowed",
+                format!(
+                    "the server granted {} of {} requested scopes; not granted: {}",
+                    requested.len() - missing.len(),
+                    requested.len(),
+                    missing.join(" ")
+                ),
+            )
+        };
+        let news = before
+            .as_ref()
+            .is_none_or(|c| c.status != if all { "True" } else { "False" } || c.message != message);
+        set_condition(
+            &mut self.status.conditions,
+            condition::SCOPES_GRANTED,
+            all,
+            reason,
+            message.clone(),
+            Some(self.generation),
+            self.now,
+        );
+        if news && !all {
+            self.ctx
+                .publish(
+                    self.client,
+                    EventType::Warning,
+                    "ScopesNarrowed",
+                    "Register",
+                    message,
+                )
+                .await;
+        }
+    }
+
     pub(super) async fn update(
         &mut self,
         auth: &ObservedAuthServer,
@@ -322,6 +380,7 @@ impl Run<'_> {
         {
             Ok(updated) => {
                 self.accept_registration(updated, server, desired_hash);
+                self.report_granted_scopes(&desired.scopes).await;
                 self.persist(server, &desired.scopes);
                 self.status.retry = None;
                 self.ctx

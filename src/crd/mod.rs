@@ -40,6 +40,8 @@ pub mod condition {
     pub const REGISTERED: &str = "Registered";
     pub const SECRET_SYNCED: &str = "SecretSynced";
     pub const TOKENS_FRESH: &str = "TokensFresh";
+    /// False (reason `ScopesNarrowed`) when the server granted fewer scopes than requested.
+    pub const SCOPES_GRANTED: &str = "ScopesGranted";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     /// True while the annotation `smart.fhir.dev/paused` is "true"; absent otherwise.
     pub const PAUSED: &str = "Paused";
