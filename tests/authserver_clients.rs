@@ -254,6 +254,20 @@ async fn rfc7591_discovery_reads_endpoints_and_capabilities_from_smart_configura
             .smart_capabilities
             .contains(&"client-confidential-symmetric".to_owned())
     );
+    assert!(
+        endpoints
+            .token_endpoint_auth_methods_supported
+            .contains(&"private_key_jwt".to_owned())
+    );
+    assert_eq!(
+        endpoints.token_endpoint_auth_signing_alg_values_supported,
+        ["ES384", "RS384"]
+    );
+    assert!(
+        endpoints
+            .grant_types_supported
+            .contains(&"client_credentials".to_owned())
+    );
     // The SMART configuration already names the registration endpoint, so the issuer's OpenID
     // metadata is not fetched.
     assert_eq!(dev.stats().await["endpoints"]["discovery"]["total"], 1);
@@ -282,8 +296,7 @@ async fn s4s_discovery_reads_oauth_uris_from_fhir_metadata_and_derives_debug_end
             authorization: Some(dev.url("/oauth/authorize")),
             debug_token: Some(dev.url("/oauth/debug/token")),
             debug_introspect: Some(dev.url("/oauth/debug/introspect")),
-            scopes_supported: Vec::new(),
-            smart_capabilities: Vec::new(),
+            ..Default::default()
         }
     );
     assert_eq!(dev.stats().await["endpoints"]["metadata"]["total"], 1);

@@ -223,3 +223,52 @@ async fn access_tokens_are_in_the_secret_and_obtained_again_before_they_expire()
         "no assertion in the operator's log"
     );
 }
+
+/// Capabilities first: a server whose discovery does not offer private_key_jwt, the key's
+/// algorithm or the grant gets nothing sent, and the client says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_offer_what_the_client_needs_is_sent_nothing() {
+    let s = setup("backend-fit", DevDialect::Rfc7591, &[]).await;
+    // On the server as it is by default (every offer there): registered.
+    create(&s.client, Some(&s.ns), backend_service("offered", "ES384"))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "offered", "True", "Ready").await;
+    let registered = s.server.count("register").await;
+
+    s.server
+        .set_policy(json!({"advertise": {
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
+            "token_endpoint_auth_signing_alg_values_supported": ["RS384"],
+            "capabilities": ["client-confidential-symmetric"],
+        }}))
+        .await;
+    // An auth server discovered after the policy took effect.
+    apply(&s.client, Some(&s.ns), json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartAuthServer", "metadata": {"name": "limited"},
+        "spec": {"dialect": "RFC7591", "fhirBaseUrl": s.server.fhir_base_url(),
+                 "credentials": {"initialAccessTokenSecretRef": {"name": "iat", "key": "token"}}}}))
+        .await
+        .unwrap();
+    let mut client = backend_service("export", "ES384");
+    client["spec"]["authServerRef"] = json!({"name": "limited"});
+    create(&s.client, Some(&s.ns), client).await.unwrap();
+    let status = wait_for_ready(&s.client, &s.ns, "export", "False", "UnsupportedByServer")
+        .await
+        .status
+        .unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("client-confidential-asymmetric")
+            && ready.message.contains("[RS384] lacks ES384"),
+        "{ready:?}"
+    );
+    assert_eq!(
+        s.server.count("register").await,
+        registered,
+        "nothing was sent"
+    );
+}

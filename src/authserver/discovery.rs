@@ -24,6 +24,12 @@ pub struct ServerEndpoints {
     pub scopes_supported: Vec<String>,
     /// SMART capabilities the server advertises (`launch-standalone`, `client-confidential-symmetric`, ...).
     pub smart_capabilities: Vec<String>,
+    /// `token_endpoint_auth_methods_supported`; empty when the server does not say.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// `token_endpoint_auth_signing_alg_values_supported`; empty when the server does not say.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    /// `grant_types_supported`; empty when the server does not say.
+    pub grant_types_supported: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +42,12 @@ struct OAuthMetadata {
     scopes_supported: Vec<String>,
     #[serde(default)]
     capabilities: Vec<String>,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Vec<String>,
+    #[serde(default)]
+    token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    #[serde(default)]
+    grant_types_supported: Vec<String>,
 }
 
 /// Discovers the endpoints of a server. With `endpoints.registration` overridden, discovery failures are
@@ -87,6 +99,10 @@ async fn discover_oauth_metadata(
         authorization: smart.authorization_endpoint,
         scopes_supported: smart.scopes_supported,
         smart_capabilities: smart.capabilities,
+        token_endpoint_auth_methods_supported: smart.token_endpoint_auth_methods_supported,
+        token_endpoint_auth_signing_alg_values_supported: smart
+            .token_endpoint_auth_signing_alg_values_supported,
+        grant_types_supported: smart.grant_types_supported,
         ..Default::default()
     };
     // SMART configuration need not list the registration endpoint; the issuer's OpenID metadata does.
@@ -104,6 +120,24 @@ async fn discover_oauth_metadata(
         endpoints.authorization = endpoints.authorization.or(openid.authorization_endpoint);
         if endpoints.scopes_supported.is_empty() {
             endpoints.scopes_supported = openid.scopes_supported;
+        }
+        for (ours, theirs) in [
+            (
+                &mut endpoints.token_endpoint_auth_methods_supported,
+                openid.token_endpoint_auth_methods_supported,
+            ),
+            (
+                &mut endpoints.token_endpoint_auth_signing_alg_values_supported,
+                openid.token_endpoint_auth_signing_alg_values_supported,
+            ),
+            (
+                &mut endpoints.grant_types_supported,
+                openid.grant_types_supported,
+            ),
+        ] {
+            if ours.is_empty() {
+                *ours = theirs;
+            }
         }
     }
     Ok(endpoints)

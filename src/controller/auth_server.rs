@@ -132,6 +132,13 @@ pub async fn reconcile_server<K: AuthServerResource>(
         Ok(endpoints) => {
             status.capabilities = capabilities(spec.dialect, &endpoints);
             status.scopes_supported = endpoints.scopes_supported.clone();
+            status.smart_capabilities = endpoints.smart_capabilities.clone();
+            status.token_endpoint_auth_methods_supported =
+                endpoints.token_endpoint_auth_methods_supported.clone();
+            status.token_endpoint_auth_signing_alg_values_supported = endpoints
+                .token_endpoint_auth_signing_alg_values_supported
+                .clone();
+            status.grant_types_supported = endpoints.grant_types_supported.clone();
             status.discovered = Some(DiscoveredEndpoints {
                 issuer: endpoints.issuer,
                 registration: endpoints.registration,

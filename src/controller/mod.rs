@@ -15,6 +15,7 @@ pub mod reconcile;
 mod record;
 pub mod resolve;
 pub mod secret;
+mod server_fit;
 mod signing;
 mod steps;
 

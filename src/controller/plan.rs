@@ -18,6 +18,7 @@ pub const USER_ERROR_REASONS: &[&str] = &[
     "InvalidSpec",
     "CredentialsLost",
     "RegistrationAnswerUnreadable",
+    "UnsupportedByServer",
 ];
 
 /// Inputs of [`plan_next_action`].

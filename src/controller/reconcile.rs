@@ -28,6 +28,7 @@ use super::secret::{
     SecretOwnership, StoredCredentials, credentials_edited, is_in_sync, render_data, secret_name,
     secret_ownership,
 };
+use super::server_fit::unsupported_by_server;
 use crate::authserver::{AuthServerError, ClientCredentials, ErrorClass};
 use crate::crd::{Dialect, SmartClient, SmartClientStatus, condition};
 
@@ -460,6 +461,12 @@ impl Run<'_> {
                 action,
                 Action::Register | Action::ReRegister | Action::Replace
             );
+            // What the server says it offers comes first: a client it cannot serve is not sent.
+            if (needs_initial_token || action == Action::Update)
+                && let Some(problem) = unsupported_by_server(&desired, &server.endpoints)
+            {
+                return Ok(self.record_user_error("UnsupportedByServer", problem).await);
+            }
             let remote = !matches!(
                 action,
                 Action::Wait(_)

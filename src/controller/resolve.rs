@@ -211,7 +211,12 @@ pub fn endpoints_from_status(status: &AuthServerStatus) -> ServerEndpoints {
         debug_token: discovered.debug_token,
         debug_introspect: discovered.debug_introspect,
         scopes_supported: status.scopes_supported.clone(),
-        smart_capabilities: Vec::new(),
+        smart_capabilities: status.smart_capabilities.clone(),
+        token_endpoint_auth_methods_supported: status.token_endpoint_auth_methods_supported.clone(),
+        token_endpoint_auth_signing_alg_values_supported: status
+            .token_endpoint_auth_signing_alg_values_supported
+            .clone(),
+        grant_types_supported: status.grant_types_supported.clone(),
     }
 }
 

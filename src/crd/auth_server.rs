@@ -298,6 +298,18 @@ pub struct AuthServerStatus {
     /// Scopes the server advertises (`scopes_supported` of its discovery document).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes_supported: Vec<String>,
+    /// SMART capabilities the server advertises (`capabilities` of its smart-configuration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smart_capabilities: Vec<String>,
+    /// Client authentication its token endpoint takes (`token_endpoint_auth_methods_supported`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Algorithms of client assertions it takes (`token_endpoint_auth_signing_alg_values_supported`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    /// Grant types it supports (`grant_types_supported`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_types_supported: Vec<String>,
 }
 
 /// Endpoints in use for an auth server.

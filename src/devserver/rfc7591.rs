@@ -152,10 +152,34 @@ fn scopes_supported(policy: &ScopePolicy) -> Vec<String> {
     }
 }
 
+/// The discovery lists as the policy has them: its `advertise` lists, else the defaults.
+fn advertised(body: &mut Value, policy: &ScopePolicy) {
+    let a = &policy.advertise;
+    for (field, list) in [
+        (
+            "token_endpoint_auth_methods_supported",
+            &a.token_endpoint_auth_methods_supported,
+        ),
+        (
+            "token_endpoint_auth_signing_alg_values_supported",
+            &a.token_endpoint_auth_signing_alg_values_supported,
+        ),
+        ("grant_types_supported", &a.grant_types_supported),
+        ("capabilities", &a.capabilities),
+    ] {
+        if let Some(list) = list
+            && body.get(field).is_some()
+        {
+            body[field] = json!(list);
+        }
+    }
+}
+
 async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let origin = wire::origin(&headers, &state.fallback_origin);
-    let scopes = scopes_supported(&state.store().scope_policy);
-    let body = json!({
+    let policy = state.store().scope_policy.clone();
+    let scopes = scopes_supported(&policy);
+    let mut body = json!({
         "issuer": origin,
         "jwks_uri": format!("{origin}/oauth2/jwks"),
         "authorization_endpoint": format!("{origin}/oauth2/authorize"),
@@ -183,13 +207,15 @@ async fn smart_configuration(State(state): State<AppState>, headers: HeaderMap) 
             "sso-openid-connect",
         ],
     });
+    advertised(&mut body, &policy);
     wire::json_response(StatusCode::OK, &body)
 }
 
 async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let origin = wire::origin(&headers, &state.fallback_origin);
-    let scopes = scopes_supported(&state.store().scope_policy);
-    let body = json!({
+    let policy = state.store().scope_policy.clone();
+    let scopes = scopes_supported(&policy);
+    let mut body = json!({
         "issuer": origin,
         "authorization_endpoint": format!("{origin}/oauth2/authorize"),
         "token_endpoint": format!("{origin}/oauth2/token"),
@@ -203,6 +229,7 @@ async fn openid_configuration(State(state): State<AppState>, headers: HeaderMap)
         "token_endpoint_auth_methods_supported": TOKEN_ENDPOINT_AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
     });
+    advertised(&mut body, &policy);
     wire::json_response(StatusCode::OK, &body)
 }
 

@@ -295,6 +295,24 @@ pub(super) struct ScopePolicy {
     /// Lifetime of client_credentials access tokens (`expires_in`); default 300 s, Keycloak's.
     #[serde(default)]
     pub access_token_lifetime_secs: Option<i64>,
+    /// What discovery advertises in place of the defaults (both documents): lists of
+    /// `token_endpoint_auth_methods_supported`, `token_endpoint_auth_signing_alg_values_supported`,
+    /// `grant_types_supported` and SMART `capabilities`, so tests can offer a client less.
+    #[serde(default)]
+    pub advertise: Advertised,
+}
+
+/// Discovery lists that replace the defaults where set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Advertised {
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub grant_types_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub capabilities: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
