@@ -137,6 +137,12 @@ impl SigningKey {
         })
     }
 
+    /// A key read back without knowing its algorithm: ES384, else RS384.
+    pub fn from_pem_any(pem: SecretString) -> Result<Self, KeyError> {
+        Self::from_pem(SigningAlgorithm::ES384, pem.clone())
+            .or_else(|_| Self::from_pem(SigningAlgorithm::RS384, pem))
+    }
+
     pub fn algorithm(&self) -> SigningAlgorithm {
         self.algorithm
     }

@@ -107,24 +107,48 @@ async fn a_backend_service_is_registered_with_the_key_in_its_secret_and_follows_
         "no key material in Events"
     );
 
-    // A new algorithm: a new key in the Secret, the server given its public part in place of the old.
-    patch_spec(&s, "export", json!({"signingKey": {"algorithm": "RS384"}})).await;
-    let rsa = eventually(
-        "an RS384 key in the Secret and on the server",
-        std::time::Duration::from_secs(30),
-        || async {
-            let secret = get_secret(&s.client, &s.ns, "export-smart-client").await?;
-            let pem = secret_value(&secret, "private_key")?;
-            let rsa =
-                SigningKey::from_pem(SigningAlgorithm::RS384, SecretString::from(pem)).ok()?;
-            (registered_kids(&s, &client_id).await == vec![rsa.kid().to_owned()]).then_some(rsa)
-        },
+    // A new algorithm rotates the key: at every moment the key in the Secret gets tokens, and once
+    // the overlap is over the old key is trusted no more.
+    patch_spec(
+        &s,
+        "export",
+        json!({"signingKey": {"algorithm": "RS384", "overlap": "3s"}}),
     )
     .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let mut seen = Vec::new();
+    let rsa = loop {
+        let secret = get_secret(&s.client, &s.ns, "export-smart-client")
+            .await
+            .unwrap();
+        let pem = secret_value(&secret, "private_key").unwrap();
+        let current = SigningKey::from_pem_any(SecretString::from(pem)).unwrap();
+        let (status, body) =
+            token_with_assertion(&token_endpoint, assertion(&current).expose_secret(), None).await;
+        assert_eq!(
+            status,
+            200,
+            "the Secret's key {} was refused during the rotation: {body}",
+            current.kid()
+        );
+        let on_server = registered_kids(&s, &client_id).await;
+        if !seen.contains(&on_server) {
+            seen.push(on_server.clone());
+        }
+        if current.algorithm() == SigningAlgorithm::RS384 && on_server == [current.kid()] {
+            break current;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation did not finish: the server went through {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        seen.iter().any(|kids| kids.len() == 2),
+        "both keys were on the server for the overlap: {seen:?}"
+    );
     wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
-    let (status, body) =
-        token_with_assertion(&token_endpoint, assertion(&rsa).expose_secret(), None).await;
-    assert_eq!(status, 200, "{body}");
     let (status, body) =
         token_with_assertion(&token_endpoint, assertion(&key).expose_secret(), None).await;
     assert_eq!(
@@ -137,7 +161,11 @@ async fn a_backend_service_is_registered_with_the_key_in_its_secret_and_follows_
         1,
         "updated, not registered again"
     );
-    assert_eq!(s.server.count("update").await, 1);
+    assert_eq!(
+        s.server.count("update").await,
+        2,
+        "both keys, then the new one alone"
+    );
 
     let log = s.operator.log();
     let body: String = rsa

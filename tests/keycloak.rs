@@ -395,7 +395,7 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
     apps.patch(
         "export",
         &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"signingKey": {"algorithm": "RS384"}}})),
+        &Patch::Merge(&json!({"spec": {"signingKey": {"algorithm": "RS384", "overlap": "3s"}}})),
     )
     .await
     .unwrap();
@@ -408,9 +408,19 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
         },
     )
     .await;
-    let (status, body) = token(ec).await;
+    // The replaced key stays trusted for the overlap, then Keycloak is given the new key alone.
+    let (status, body) = eventually(
+        "Keycloak refuses the replaced key once the overlap is over",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = token(ec.clone()).await;
+            (status != 200).then_some((status, body))
+        },
+    )
+    .await;
     assert_eq!(status, 400, "the replaced key is refused: {body}");
     assert_eq!(body["error"], "invalid_client");
+    assert_eq!(token(rsa.clone()).await.0, 200, "the new key still works");
     drop(rsa);
     delete_and_wait_until_gone(&client, &ns, "export").await;
 }

@@ -40,8 +40,6 @@ pub struct ClientMetadata {
     pub contacts: Vec<String>,
     /// The public keys of a private_key_jwt client, registered inline (`jwks`, RFC7591 only).
     pub jwks: Option<serde_json::Value>,
-    /// The algorithm its assertions are signed with (`token_endpoint_auth_signing_alg`).
-    pub token_endpoint_auth_signing_alg: Option<String>,
     /// Further metadata passed through as-is (RFC7591 only).
     pub extra: BTreeMap<String, serde_json::Value>,
 }

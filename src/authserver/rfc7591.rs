@@ -131,9 +131,7 @@ pub fn metadata_body(metadata: &ClientMetadata, client_id: Option<&str>) -> Valu
     if let Some(jwks) = &metadata.jwks {
         body.insert("jwks".into(), jwks.clone());
     }
-    if let Some(alg) = &metadata.token_endpoint_auth_signing_alg {
-        body.insert("token_endpoint_auth_signing_alg".into(), json!(alg));
-    }
+
     if let Some(id) = client_id {
         body.insert("client_id".into(), json!(id));
     }

@@ -34,10 +34,11 @@ impl Run<'_> {
             .expect("plan obtains tokens only for known clients");
         let authentication = match self.client.spec.token_endpoint_auth_method {
             Some(TokenEndpointAuthMethod::PrivateKeyJwt) => {
-                let key = self
-                    .signing_key
+                let key = &self
+                    .signing_keys
                     .as_ref()
-                    .expect("plan writes the key before anything registers with it");
+                    .expect("plan writes the key before anything registers with it")
+                    .current;
                 let audience = server.endpoints.token.as_deref().ok_or(
                     AuthServerError::Unsupported {
                         dialect: "RFC7591",

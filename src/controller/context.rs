@@ -63,7 +63,7 @@ struct Memory {
     registration_sent_at: Option<String>,
     /// A private_key_jwt client's key, held from the moment it is made: it reaches the Secret before
     /// any registration publishes it, and a failed Secret write loses nothing.
-    signing_key: Option<crate::keys::SigningKey>,
+    signing_keys: Option<super::key_rotation::HeldKeys>,
 }
 
 /// Shared state of the controllers.
@@ -176,16 +176,23 @@ impl Context {
         self.with_memory(uid, |m| m.credentials = credentials);
     }
 
-    pub(super) fn remembered_signing_key(&self, uid: &str) -> Option<crate::keys::SigningKey> {
+    pub(super) fn remembered_signing_keys(
+        &self,
+        uid: &str,
+    ) -> Option<super::key_rotation::HeldKeys> {
         self.memory
             .lock()
             .ok()?
             .get(uid)
-            .and_then(|m| m.signing_key.clone())
+            .and_then(|m| m.signing_keys.clone())
     }
 
-    pub(super) fn remember_signing_key(&self, uid: &str, key: Option<crate::keys::SigningKey>) {
-        self.with_memory(uid, |m| m.signing_key = key);
+    pub(super) fn remember_signing_keys(
+        &self,
+        uid: &str,
+        keys: Option<super::key_rotation::HeldKeys>,
+    ) {
+        self.with_memory(uid, |m| m.signing_keys = keys);
     }
 
     /// Whether this operator sent the registration recorded in flight since `sent_at`, or has

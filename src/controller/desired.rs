@@ -74,7 +74,6 @@ pub fn desired_metadata(client: &SmartClient) -> Result<ClientMetadata, SpecErro
             .collect(),
         // Filled in from the key the operator holds (see `with_signing_key`).
         jwks: None,
-        token_endpoint_auth_signing_alg: None,
         extra,
     })
 }
@@ -131,9 +130,6 @@ fn every_field_hash(metadata: &ClientMetadata) -> String {
     if let Some(jwks) = &metadata.jwks {
         fields["jwks"] = jwks.clone();
     }
-    if let Some(alg) = &metadata.token_endpoint_auth_signing_alg {
-        fields["token_endpoint_auth_signing_alg"] = serde_json::json!(alg);
-    }
     digest(&fields)
 }
 
@@ -146,10 +142,12 @@ pub fn wanted_signing_algorithm(client: &SmartClient) -> Option<SigningAlgorithm
         .map(|k| k.algorithm.unwrap_or(SigningAlgorithm::ES384))
 }
 
-/// The metadata with the public part of `key` (the client's `jwks` and signing algorithm).
-pub fn with_signing_key(mut metadata: ClientMetadata, key: &SigningKey) -> ClientMetadata {
-    metadata.jwks = serde_json::to_value(jwk_set([key])).ok();
-    metadata.token_endpoint_auth_signing_alg = Some(key.algorithm().jwa_name().to_owned());
+/// The metadata with the public parts of `trusted` as the client's `jwks`. No
+/// `token_endpoint_auth_signing_alg` is sent: each JWK names its `alg`, and a pinned algorithm would
+/// refuse the other key while a rotation changes algorithms (Keycloak keeps an omitted field on a
+/// PUT, so a pin could not be lifted again).
+pub fn with_signing_keys(mut metadata: ClientMetadata, trusted: &[&SigningKey]) -> ClientMetadata {
+    metadata.jwks = serde_json::to_value(jwk_set(trusted.iter().copied())).ok();
     metadata
 }
 

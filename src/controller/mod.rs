@@ -9,6 +9,7 @@ pub mod context;
 pub mod deletion;
 pub mod desired;
 pub mod events;
+mod key_rotation;
 pub mod observed;
 pub mod plan;
 pub mod reconcile;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use super::key_rotation::KeyStep;
 use super::secret::StoredCredentials;
 use crate::crd::{Dialect, RetryStatus, SmartClientStatus, condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -32,6 +33,8 @@ pub struct PlanInput<'a> {
     pub secret_in_sync: bool,
     /// Whether the Secret holds the signing key the client needs (true for clients without one).
     pub signing_key_written: bool,
+    /// The next step of a key rotation, and when one is due if none is now (`key_rotation.rs`).
+    pub key_step: (Option<KeyStep>, Option<Timestamp>),
     /// Names of the tokens the operator keeps fresh: debug tokens (S4S dialects) and access tokens
     /// (RFC7591), unique across both.
     pub tokens: Vec<&'a str>,
@@ -55,6 +58,8 @@ pub enum Action {
     WriteSecret,
     /// A private_key_jwt client: make its key if none is held, and write it to the Secret.
     WriteSigningKey,
+    /// A local step of a key rotation (the server is given the keys by an Update in between).
+    RotateKey(KeyStep),
     /// Check that the server still knows the client.
     ProbeExistence,
     /// Mint the named debug token.
@@ -125,10 +130,19 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
             Dialect::Rfc7591 | Dialect::S4s | Dialect::S4sLegacy => Action::Replace,
         };
     }
+    // Only once the server holds the keys it should trust (the hash above matches): a rotation's
+    // next step never gets ahead of the server.
+    let (key_step, key_due) = input.key_step;
+    if let Some(step) = key_step {
+        return Action::RotateKey(step);
+    }
     if input.now >= input.next_existence_check {
         return Action::ProbeExistence;
     }
     let mut next_wakeup = input.next_existence_check;
+    if let Some(due) = key_due {
+        next_wakeup = next_wakeup.min(due);
+    }
     for name in &input.tokens {
         let refresh_at = status
             .debug_tokens
@@ -279,6 +293,7 @@ mod tests {
             credentials,
             secret_in_sync: true,
             signing_key_written: true,
+            key_step: (None, None),
             tokens: vec![],
             now: now(),
             next_existence_check: now() + Duration::from_secs(600),

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::cleanup::{Cleanup, cleanup};
 use super::conditions::{self, derive_kstatus_conditions, set_condition};
 pub use super::context::{Context, Settings};
-use super::desired::{desired_metadata, metadata_hash, with_signing_key};
+use super::desired::{desired_metadata, metadata_hash};
 use super::observed::ObservedAuthServer;
 use super::plan::{
     Action, PlanInput, USER_ERROR_REASONS, backoff_delay, next_retry, plan_next_action,
@@ -189,8 +189,8 @@ pub(super) struct Run<'a> {
     /// When the registration now in flight was sent, as the Secret records it (see
     /// [`Run::announce_registration`]).
     pub(super) registration_sent_at: Option<String>,
-    /// A private_key_jwt client's key (see `signing.rs`).
-    pub(super) signing_key: Option<crate::keys::SigningKey>,
+    /// A private_key_jwt client's keys (see `signing.rs`).
+    pub(super) signing_keys: Option<super::key_rotation::HeldKeys>,
 }
 
 async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, ReconcileError> {
@@ -209,7 +209,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         credentials: None,
         forgotten: None,
         registration_sent_at: None,
-        signing_key: None,
+        signing_keys: None,
     };
     if run.pause_if_asked().await? {
         return Ok(Requeue::await_change());
@@ -354,13 +354,8 @@ impl Run<'_> {
             .map(|s| (*s).clone());
         let token_names: Vec<String> = self.token_names(server.dialect());
         self.take_credentials(&token_names);
-        self.take_signing_key();
-        // What the server is to hold: the spec, and the public key of the key the operator holds.
-        let with_key = |key: Option<&crate::keys::SigningKey>| match key {
-            Some(key) => with_signing_key(spec_metadata.clone(), key),
-            None => spec_metadata.clone(),
-        };
-        let mut desired = with_key(self.signing_key.as_ref());
+        self.take_signing_keys();
+        let mut desired = self.desired_with_keys(&spec_metadata);
         let mut desired_hash = metadata_hash(&desired, server.dialect());
         // spec.secret.name changed: status names the old Secret until it is emptied, so neither a
         // crash nor a restart loses track of it, and a restarted operator finds the credentials there.
@@ -389,7 +384,12 @@ impl Run<'_> {
                 (Some(credentials), Some(observed)) => is_in_sync(
                     observed,
                     self.client,
-                    &render_data(self.client, credentials, self.signing_key.as_ref(), &public),
+                    &render_data(
+                        self.client,
+                        credentials,
+                        self.signing_keys.as_ref(),
+                        &public,
+                    ),
                     Some(credentials),
                     self.registration_sent_at.as_deref(),
                 ),
@@ -405,6 +405,7 @@ impl Run<'_> {
                 credentials: self.credentials.as_ref(),
                 secret_in_sync,
                 signing_key_written: self.signing_key_written(),
+                key_step: self.key_step(),
                 tokens: token_refs,
                 now: self.now,
                 next_existence_check: self.ctx.next_existence_check(
@@ -429,8 +430,8 @@ impl Run<'_> {
             if needs_secret && !secret_confirmed && !self.secret_written && !creates_secret {
                 self.observed_secret = self.secrets.get_opt(&secret_name).await?;
                 self.take_credentials(&token_names);
-                self.take_signing_key();
-                desired = with_key(self.signing_key.as_ref());
+                self.take_signing_keys();
+                desired = self.desired_with_keys(&spec_metadata);
                 desired_hash = metadata_hash(&desired, server.dialect());
                 self.record_hashes_in_current_format(&desired, server.dialect(), &desired_hash);
                 self.account_for_unanswered_registration().await?;
@@ -463,7 +464,15 @@ impl Run<'_> {
             );
             // What the server says it offers comes first: a client it cannot serve is not sent.
             if (needs_initial_token || action == Action::Update)
-                && let Some(problem) = unsupported_by_server(&desired, &server.endpoints)
+                && let Some(problem) = unsupported_by_server(
+                    &desired,
+                    &self
+                        .trusted_signing_keys()
+                        .iter()
+                        .map(|k| k.algorithm())
+                        .collect::<Vec<_>>(),
+                    &server.endpoints,
+                )
             {
                 return Ok(self.record_user_error("UnsupportedByServer", problem).await);
             }
@@ -474,6 +483,7 @@ impl Run<'_> {
                     | Action::AwaitSpecChange
                     | Action::WriteSecret
                     | Action::WriteSigningKey
+                    | Action::RotateKey(_)
             );
             if remote && !matches!(action, Action::MintToken(_)) {
                 self.flush().await?;
@@ -528,14 +538,19 @@ impl Run<'_> {
                 }
                 Action::WriteSigningKey => {
                     let written = self.write_signing_key(&server, &desired.scopes).await?;
-                    desired = with_key(self.signing_key.as_ref());
-                    desired_hash = metadata_hash(&desired, server.dialect());
                     if !written {
                         // The Secret exists after all: plan again from what it holds.
                         self.take_credentials(&token_names);
-                        self.take_signing_key();
+                        self.take_signing_keys();
                         secret_confirmed = true;
                     }
+                    desired = self.desired_with_keys(&spec_metadata);
+                    desired_hash = metadata_hash(&desired, server.dialect());
+                }
+                Action::RotateKey(step) => {
+                    self.rotate_key(step, &server, &desired.scopes).await?;
+                    desired = self.desired_with_keys(&spec_metadata);
+                    desired_hash = metadata_hash(&desired, server.dialect());
                 }
                 Action::Update => {
                     let auth = auth.as_ref().expect("built above");
@@ -882,6 +897,7 @@ fn change_of(action: &Action) -> Option<String> {
     Some(match action {
         Action::Register => "register the client".to_owned(),
         Action::WriteSigningKey => "make a signing key and write it to the Secret".to_owned(),
+        Action::RotateKey(step) => format!("rotate the signing key ({step:?})"),
         Action::ReRegister => {
             "register the client again (the server no longer knows it)".to_owned()
         }

@@ -17,8 +17,9 @@ use super::desired::is_applied;
 use super::reconcile::{FIELD_MANAGER, ReconcileError, Run};
 use super::resolve::ResolvedServer;
 use super::secret::{
-    PublicValues, SecretOwnership, mark_registration_sent, read_credentials, registration_sent_at,
-    render_data, render_secret, render_signing_key, secret_name, secret_ownership,
+    PublicValues, SecretOwnership, annotate_signing_keys, mark_registration_sent, read_credentials,
+    registration_sent_at, render_data, render_secret, render_signing_keys, secret_name,
+    secret_ownership,
 };
 use crate::crd::{Dialect, condition};
 
@@ -178,18 +179,19 @@ impl Run<'_> {
         if record.is_none()
             && self.registration_sent_at.is_none()
             && !marked
-            && self.signing_key.is_none()
+            && self.signing_keys.is_none()
         {
             return;
         }
         let public = self.public_values(server, requested);
         let mut data = record
-            .map(|record| render_data(self.client, record, self.signing_key.as_ref(), &public))
+            .map(|record| render_data(self.client, record, self.signing_keys.as_ref(), &public))
             .unwrap_or_default();
         if record.is_none() {
-            render_signing_key(self.client, self.signing_key.as_ref(), &mut data);
+            render_signing_keys(self.client, self.signing_keys.as_ref(), &mut data);
         }
         let mut secret = render_secret(self.client, data, record);
+        annotate_signing_keys(&mut secret, self.signing_keys.as_ref());
         mark_registration_sent(
             &mut secret,
             self.registration_sent_at.as_deref(),

@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::key_rotation::HeldKeys;
 use crate::crd::{SecretKeys, SmartClient};
-use crate::keys::{SigningAlgorithm, SigningKey};
+use crate::keys::SigningKey;
 
 /// Label on every Secret the operator manages; the operator watches only Secrets carrying it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -164,7 +165,7 @@ fn key_names(client: &SmartClient) -> KeyNames {
 pub fn render_data(
     client: &SmartClient,
     credentials: &StoredCredentials,
-    key: Option<&SigningKey>,
+    signing_keys: Option<&HeldKeys>,
     public: &PublicValues,
 ) -> BTreeMap<String, ByteString> {
     let keys = key_names(client);
@@ -201,47 +202,94 @@ pub fn render_data(
             put(&format!("{name}_expires_at"), expires_at);
         }
     }
-    render_signing_key(client, key, &mut data);
+    render_signing_keys(client, signing_keys, &mut data);
     data
 }
 
-/// A private_key_jwt client's key in the Secret's data: the PKCS#8 PEM and its kid.
-pub fn render_signing_key(
+/// Annotation with the time the Secret's `private_key` became the key apps sign with (the start of
+/// the rotation schedule and of a replaced key's overlap).
+pub const SIGNING_KEY_SINCE_ANNOTATION: &str = "smart.fhir.dev/signing-key-since";
+
+/// A private_key_jwt client's keys in the Secret's data: the current key as `private_key` with its
+/// kid as `key_id`, a rotation's next key and a replaced key under `next_`/`previous_` names.
+pub fn render_signing_keys(
     client: &SmartClient,
-    key: Option<&SigningKey>,
+    held: Option<&HeldKeys>,
     data: &mut BTreeMap<String, ByteString>,
 ) {
-    let Some(key) = key else {
+    let Some(held) = held else {
         return;
     };
     let keys = key_names(client);
-    let pem = key.private_key_pem().expose_secret().as_bytes().to_vec();
-    data.insert(keys.private_key, ByteString(pem));
-    data.insert(keys.key_id, ByteString(key.kid().as_bytes().to_vec()));
+    let pem =
+        |key: &SigningKey| ByteString(key.private_key_pem().expose_secret().as_bytes().to_vec());
+    data.insert(keys.private_key.clone(), pem(&held.current));
+    data.insert(
+        keys.key_id,
+        ByteString(held.current.kid().as_bytes().to_vec()),
+    );
+    if let Some(next) = &held.next {
+        data.insert(format!("next_{}", keys.private_key), pem(next));
+    }
+    if let Some(previous) = &held.previous {
+        data.insert(format!("previous_{}", keys.private_key), pem(previous));
+    }
 }
 
-/// The key in a Secret the operator owns, read as `algorithm`: none when absent, or of another
-/// algorithm or unreadable (the caller makes a new one, which is registered in its place).
-pub fn read_signing_key(
-    observed: &Secret,
-    client: &SmartClient,
-    algorithm: SigningAlgorithm,
-) -> Option<SigningKey> {
+/// Marks the Secret with when its current key became current.
+pub fn annotate_signing_keys(secret: &mut Secret, held: Option<&HeldKeys>) {
+    if let Some(held) = held {
+        secret.annotations_mut().insert(
+            SIGNING_KEY_SINCE_ANNOTATION.into(),
+            held.current_since.to_string(),
+        );
+    }
+}
+
+/// The keys in a Secret the operator owns; none without a readable current key (the caller makes a
+/// new one, which is registered in its place).
+pub fn read_signing_keys(observed: &Secret, client: &SmartClient) -> Option<HeldKeys> {
     if !controlled_by(observed, client) {
         return None;
     }
-    let pem = observed
-        .data
-        .as_ref()?
-        .get(&key_names(client).private_key)?;
-    let pem = String::from_utf8(pem.0.clone()).ok()?;
-    SigningKey::from_pem(algorithm, SecretString::from(pem)).ok()
+    let data = observed.data.as_ref()?;
+    let private_key = key_names(client).private_key;
+    let key = |name: &str| {
+        let pem = String::from_utf8(data.get(name)?.0.clone()).ok()?;
+        SigningKey::from_pem_any(SecretString::from(pem)).ok()
+    };
+    let current_since = observed
+        .annotations()
+        .get(SIGNING_KEY_SINCE_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+        .or_else(|| observed.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+    Some(HeldKeys {
+        current: key(&private_key)?,
+        current_since,
+        next: key(&format!("next_{private_key}")),
+        previous: key(&format!("previous_{private_key}")),
+    })
 }
 
-/// The kid the Secret names for its key, if any.
-pub fn written_key_id(observed: &Secret, client: &SmartClient) -> Option<String> {
-    let kid = observed.data.as_ref()?.get(&key_names(client).key_id)?;
-    String::from_utf8(kid.0.clone()).ok()
+/// Whether the Secret holds exactly `held`'s keys (and no key a finished rotation dropped).
+pub fn signing_keys_in_secret(observed: &Secret, client: &SmartClient, held: &HeldKeys) -> bool {
+    let mut wanted = BTreeMap::new();
+    render_signing_keys(client, Some(held), &mut wanted);
+    let private_key = key_names(client).private_key;
+    let data = observed.data.clone().unwrap_or_default();
+    let ours = |k: &String| {
+        *k == private_key
+            || *k == format!("next_{private_key}")
+            || *k == format!("previous_{private_key}")
+    };
+    wanted.iter().all(|(k, v)| data.get(k) == Some(v))
+        && data
+            .keys()
+            .filter(|k| ours(k))
+            .all(|k| wanted.contains_key(k))
+        && observed.annotations().get(SIGNING_KEY_SINCE_ANNOTATION)
+            == Some(&held.current_since.to_string())
 }
 
 /// The whole Secret object for server-side apply: owned by the SmartClient (so it is garbage-collected

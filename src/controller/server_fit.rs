@@ -4,6 +4,7 @@
 //! could never authenticate. A list the server does not publish is no evidence either way.
 
 use crate::authserver::{ClientMetadata, ServerEndpoints};
+use crate::keys::SigningAlgorithm;
 
 /// What the server lacks for `metadata`, in words; None when nothing it says stands in the way.
 ///
@@ -11,6 +12,7 @@ use crate::authserver::{ClientMetadata, ServerEndpoints};
 /// parameters and wildcards are never all listed), so a scope missing from it proves nothing.
 pub fn unsupported_by_server(
     metadata: &ClientMetadata,
+    signing_algorithms: &[SigningAlgorithm],
     endpoints: &ServerEndpoints,
 ) -> Option<String> {
     let method = metadata.token_endpoint_auth_method.as_str();
@@ -30,11 +32,15 @@ pub fn unsupported_by_server(
         ) {
             missing.push("its SMART capabilities lack client-confidential-asymmetric".to_owned());
         }
-        if let Some(alg) = &metadata.token_endpoint_auth_signing_alg
-            && lacks(
-                &endpoints.token_endpoint_auth_signing_alg_values_supported,
-                alg,
-            )
+        for alg in signing_algorithms
+            .iter()
+            .map(|a| a.jwa_name())
+            .filter(|alg| {
+                lacks(
+                    &endpoints.token_endpoint_auth_signing_alg_values_supported,
+                    alg,
+                )
+            })
         {
             missing.push(format!(
                 "token_endpoint_auth_signing_alg_values_supported [{}] lacks {alg}",
@@ -64,11 +70,10 @@ pub fn unsupported_by_server(
 mod tests {
     use super::*;
 
-    fn backend(alg: &str) -> ClientMetadata {
+    fn backend() -> ClientMetadata {
         ClientMetadata {
             grant_types: vec!["client_credentials".into()],
             token_endpoint_auth_method: "private_key_jwt".into(),
-            token_endpoint_auth_signing_alg: Some(alg.into()),
             ..Default::default()
         }
     }
@@ -80,7 +85,11 @@ mod tests {
     #[test]
     fn a_server_that_says_nothing_stands_in_no_ones_way() {
         assert_eq!(
-            unsupported_by_server(&backend("ES384"), &ServerEndpoints::default()),
+            unsupported_by_server(
+                &backend(),
+                &[SigningAlgorithm::ES384],
+                &ServerEndpoints::default()
+            ),
             None
         );
     }
@@ -94,7 +103,8 @@ mod tests {
             smart_capabilities: strings(&["client-confidential-symmetric"]),
             ..Default::default()
         };
-        let problem = unsupported_by_server(&backend("ES384"), &endpoints).unwrap();
+        let problem =
+            unsupported_by_server(&backend(), &[SigningAlgorithm::ES384], &endpoints).unwrap();
         for expected in [
             "lacks private_key_jwt",
             "client-confidential-asymmetric",
@@ -114,12 +124,15 @@ mod tests {
             smart_capabilities: strings(&["client-confidential-asymmetric"]),
             ..Default::default()
         };
-        assert_eq!(unsupported_by_server(&backend("RS384"), &endpoints), None);
+        assert_eq!(
+            unsupported_by_server(&backend(), &[SigningAlgorithm::RS384], &endpoints),
+            None
+        );
         let public = ClientMetadata {
             grant_types: vec!["authorization_code".into()],
             token_endpoint_auth_method: "none".into(),
             ..Default::default()
         };
-        assert_eq!(unsupported_by_server(&public, &endpoints), None);
+        assert_eq!(unsupported_by_server(&public, &[], &endpoints), None);
     }
 }

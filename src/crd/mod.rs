@@ -20,7 +20,7 @@ pub use auth_server::{
 pub use smart_client::{
     AccessToken, AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
     DeletionPolicy, GrantType, OrphanedClient, RESERVED_METADATA_FIELDS, RetryStatus, SecretKeys,
-    SecretSpec, SigningKeySpec, SmartClient, SmartClientSpec, SmartClientStatus,
+    SecretSpec, SigningKeySpec, SigningKeyStatus, SmartClient, SmartClientSpec, SmartClientStatus,
     TokenEndpointAuthMethod,
 };
 

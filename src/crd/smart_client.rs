@@ -279,14 +279,49 @@ pub enum TokenEndpointAuthMethod {
     PrivateKeyJwt,
 }
 
-/// The key pair a `private_key_jwt` client signs its client assertions with.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// The key pair a `private_key_jwt` client signs its client assertions with, and its rotation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rotateEvery) || !has(self.overlap) || duration(self.overlap) < duration(self.rotateEvery)")
+    .message("overlap must be shorter than rotateEvery")
+    .field_path(".overlap")
+    .reason(Reason::FieldValueInvalid))]
 pub struct SigningKeySpec {
-    /// `ES384` (ECDSA on P-384, default) or `RS384` (RSA, 2048 bits). Changing it replaces the key:
-    /// the new public key is registered (RFC 7592 PUT) and the Secret gets the new private key.
+    /// `ES384` (ECDSA on P-384, default) or `RS384` (RSA, 2048 bits). Changing it rotates the key
+    /// (as `rotateEvery` does) to one of the new algorithm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<crate::keys::SigningAlgorithm>,
+    /// Rotate the key this often (a Go duration, e.g. `720h`); default never. A rotation writes the
+    /// new key to the Secret as `next_private_key`, gives the server both public keys (RFC 7592
+    /// PUT), then makes the new key `private_key` (the old one becomes `previous_private_key`), and
+    /// after `overlap` gives the server the new key alone and drops the old one. The annotation
+    /// `smart.fhir.dev/rotate-key-requested-at: <any new value>` rotates now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')")
+        .message("rotateEvery must be at least 10s"))]
+    pub rotate_every: Option<kube::core::Duration>,
+    /// How long the server keeps trusting a replaced key, so apps that have not read the new one yet
+    /// keep working. Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("overlap must be at least 1s"))]
+    pub overlap: Option<kube::core::Duration>,
+}
+
+/// One key of a `private_key_jwt` client. Never the key itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeyStatus {
+    /// The key id (RFC 7638 thumbprint), as `key_id` in the Secret and `kid` on the server.
+    pub kid: String,
+    /// `ES384` or `RS384`.
+    pub algorithm: String,
+    /// `Current` (apps sign with it), `Next` (published for a rotation, not signed with yet) or
+    /// `Previous` (replaced; trusted until the overlap ends).
+    pub state: String,
+    /// For the current key: since when apps sign with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// What to do with the remote registration when the SmartClient is deleted.
@@ -556,6 +591,13 @@ pub struct SmartClientStatus {
     /// The last value of the annotation `smart.fhir.dev/reconcile-requested-at` the operator acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// A private_key_jwt client's keys (kid, algorithm, state), never the keys themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKeyStatus>,
+    /// The last value of the annotation `smart.fhir.dev/rotate-key-requested-at` the operator acted
+    /// on (the rotation it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_key_rotation_at: Option<String>,
 }
 
 /// State of one debug token. The token itself is only in the Secret.
