@@ -9,20 +9,9 @@ use common::operator::*;
 use common::scenario::*;
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use smart_operator::devserver::Dialect as DevDialect;
-
-async fn annotate(s: &Setup, name: &str, key: &str, value: Option<&str>) {
-    api(s)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"annotations": {key: value}}})),
-        )
-        .await
-        .unwrap();
-}
 
 const REQUESTED: &str = "smart.fhir.dev/reconcile-requested-at";
 const PAUSED: &str = "smart.fhir.dev/paused";

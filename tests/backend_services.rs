@@ -300,3 +300,142 @@ async fn a_server_that_does_not_offer_what_the_client_needs_is_sent_nothing() {
         "nothing was sent"
     );
 }
+
+/// The key in the Secret (`private_key`, or with `prefix` `next_`/`previous_`), if there is one.
+async fn secret_key(s: &Setup, name: &str, prefix: &str) -> Option<SigningKey> {
+    let secret = get_secret(&s.client, &s.ns, &format!("{name}-smart-client")).await?;
+    let pem = secret_value(&secret, &format!("{prefix}private_key"))?;
+    SigningKey::from_pem_any(SecretString::from(pem)).ok()
+}
+
+/// A rotation asked for by annotation, with the operator killed after each of its steps: it
+/// resumes from what the Secret holds, registers nothing, and ends with the new key alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_rotation_resumes_after_the_operator_is_killed_after_each_step() {
+    let mut s = setup("backend-rotate", DevDialect::Rfc7591, &[]).await;
+    let mut client = backend_service("export", "ES384");
+    client["spec"]["signingKey"]["overlap"] = json!("4s");
+    create(&s.client, Some(&s.ns), client).await.unwrap();
+    wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
+    let (old, client_id) = key_in_secret(&s, "export", SigningAlgorithm::ES384).await;
+    let secs = std::time::Duration::from_secs;
+
+    // The next key is in the Secret and the PUT of both keys fails: killed there.
+    s.server
+        .set_faults(json!({"error_rate": 1.0, "endpoints": ["update"]}))
+        .await;
+    annotate(
+        &s,
+        "export",
+        "smart.fhir.dev/rotate-key-requested-at",
+        Some("first"),
+    )
+    .await;
+    let next = eventually("the next key in the Secret", secs(30), || async {
+        secret_key(&s, "export", "next_").await
+    })
+    .await;
+    assert_eq!(
+        registered_kids(&s, &client_id).await,
+        vec![old.kid().to_owned()]
+    );
+    s.operator.kill_hard();
+    s.server.clear_faults().await;
+    s.operator.restart();
+
+    // Both keys on the server, the new one current: killed again during the overlap.
+    eventually(
+        "the next key is current, the old one previous",
+        secs(30),
+        || async {
+            let current = secret_key(&s, "export", "").await?;
+            let previous = secret_key(&s, "export", "previous_").await?;
+            (current.kid() == next.kid() && previous.kid() == old.kid()).then_some(())
+        },
+    )
+    .await;
+    let mut both = registered_kids(&s, &client_id).await;
+    both.sort();
+    let mut expected = vec![old.kid().to_owned(), next.kid().to_owned()];
+    expected.sort();
+    assert_eq!(both, expected, "the server trusts both during the overlap");
+    s.operator.kill_hard();
+    s.operator.restart();
+
+    // After the overlap: the new key alone, on the server and in the Secret.
+    eventually(
+        "the old key gone from the server and the Secret",
+        secs(30),
+        || async {
+            let gone = secret_key(&s, "export", "previous_").await.is_none();
+            (gone && registered_kids(&s, &client_id).await == [next.kid().to_owned()]).then_some(())
+        },
+    )
+    .await;
+    let status = wait_for_ready(&s.client, &s.ns, "export", "True", "Ready")
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        status.last_handled_key_rotation_at.as_deref(),
+        Some("first")
+    );
+    let keys: Vec<(String, String)> = status
+        .signing_keys
+        .iter()
+        .map(|k| (k.kid.clone(), k.state.clone()))
+        .collect();
+    assert_eq!(keys, vec![(next.kid().to_owned(), "Current".to_owned())]);
+    assert_eq!(
+        s.server.count("register").await,
+        1,
+        "nothing registered again"
+    );
+    let token_endpoint = format!("{}/oauth2/token", s.server.server.base_url());
+    let now = std::time::SystemTime::now;
+    let with = |key: &SigningKey| {
+        key.client_assertion(&client_id, &token_endpoint, now())
+            .unwrap()
+    };
+    assert_eq!(
+        token_with_assertion(&token_endpoint, with(&next).expose_secret(), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        token_with_assertion(&token_endpoint, with(&old).expose_secret(), None)
+            .await
+            .0,
+        400
+    );
+}
+
+/// `rotateEvery`: the key rotates by itself, and again after the next interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotates_on_schedule() {
+    let s = setup("backend-schedule", DevDialect::Rfc7591, &[]).await;
+    let mut client = backend_service("export", "ES384");
+    client["spec"]["signingKey"] =
+        json!({"algorithm": "ES384", "rotateEvery": "10s", "overlap": "2s"});
+    create(&s.client, Some(&s.ns), client).await.unwrap();
+    wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
+    let (first, client_id) = key_in_secret(&s, "export", SigningAlgorithm::ES384).await;
+    let mut seen = vec![first.kid().to_owned()];
+    for round in 1..=2 {
+        let kid = eventually(
+            &format!("rotation {round}"),
+            std::time::Duration::from_secs(30),
+            || async {
+                let current = secret_key(&s, "export", "").await?;
+                let alone = registered_kids(&s, &client_id).await == [current.kid().to_owned()];
+                (!seen.contains(&current.kid().to_owned()) && alone)
+                    .then(|| current.kid().to_owned())
+            },
+        )
+        .await;
+        seen.push(kid);
+    }
+    assert_eq!(s.server.count("register").await, 1);
+    assert_eq!(s.server.count("update").await, 4, "two PUTs per rotation");
+}

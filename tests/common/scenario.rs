@@ -89,3 +89,15 @@ pub async fn delete_and_expect_registration_gone(s: &Setup, name: &str) {
     )
     .await;
 }
+
+/// Sets (or with None removes) an annotation of the SmartClient `name`.
+pub async fn annotate(s: &Setup, name: &str, key: &str, value: Option<&str>) {
+    api(s)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await
+        .unwrap();
+}
