@@ -8,14 +8,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::info;
 
-use super::conditions::set_condition;
 use super::observed::ObservedAuthServer;
 use super::plan::refresh_due_at;
 use super::reconcile::{ReconcileError, Run, as_client_credentials};
 use super::resolve::ResolvedServer;
 use super::secret::StoredToken;
 use crate::authserver::{AuthServer, AuthServerError, ClientAuthentication};
-use crate::crd::{AccessToken, TokenEndpointAuthMethod, condition};
+use crate::crd::{AccessToken, TokenEndpointAuthMethod};
 
 /// The lifetime assumed when a server leaves out `expires_in` (Keycloak's default lifespan).
 const ASSUMED_LIFETIME: Duration = Duration::from_secs(300);
@@ -69,16 +68,7 @@ impl Run<'_> {
         {
             Ok(grant) => grant,
             Err(e) => {
-                set_condition(
-                    &mut self.status.conditions,
-                    condition::TOKENS_FRESH,
-                    false,
-                    e.reason(),
-                    format!("obtaining access token {} failed: {e}", spec.name),
-                    Some(self.generation),
-                    self.now,
-                );
-                return Err(e.into());
+                return Err(self.token_failed(format!("obtaining access token {}", spec.name), e));
             }
         };
         let obtained_at = Timestamp::now();

@@ -18,8 +18,8 @@ use super::deletion::{
 use super::plan::next_retry;
 use super::reconcile::{
     ABANDON_ANNOTATION, Context, ReconcileError, as_client_credentials, observe_only,
-    write_client_status,
 };
+use super::report::write_client_status;
 use super::resolve::{ResolveError, ResolvedServer, resolve_server};
 use super::secret::{StoredCredentials, read_credentials, secret_name};
 use crate::authserver::{AuthServer, AuthServerError, Existence};

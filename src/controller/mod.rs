@@ -14,6 +14,7 @@ pub mod observed;
 pub mod plan;
 pub mod reconcile;
 mod record;
+mod report;
 pub mod resolve;
 pub mod secret;
 mod server_fit;

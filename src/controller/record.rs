@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -239,25 +240,32 @@ impl Run<'_> {
         }
         let mut secret = render_secret(self.client, BTreeMap::new(), None);
         mark_registration_sent(&mut secret, self.registration_sent_at.as_deref(), None);
+        let created = self.create_secret(&secret).await;
+        if !matches!(created, Ok(true)) {
+            self.registration_sent_at = None;
+        }
+        created
+    }
+
+    /// Creates the client's Secret, which does not exist yet: a create, not an apply, so a Secret of
+    /// the user's by that name is refused, never taken over. False when it turned out to exist (it
+    /// is read then, and the caller plans again from what it holds).
+    pub(super) async fn create_secret(&mut self, secret: &Secret) -> Result<bool, ReconcileError> {
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        match self.secrets.create(&params, &secret).await {
+        match self.secrets.create(&params, secret).await {
             Ok(created) => {
                 self.observed_secret = Some(created);
                 self.secret_written = true;
                 Ok(true)
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                self.registration_sent_at = None;
                 self.observed_secret = self.secrets.get_opt(&secret_name(self.client)).await?;
                 Ok(false)
             }
-            Err(e) => {
-                self.registration_sent_at = None;
-                Err(ReconcileError::SecretWrite(e))
-            }
+            Err(e) => Err(ReconcileError::SecretWrite(e)),
         }
     }
 

@@ -9,14 +9,13 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::PostParams;
 use kube::runtime::events::EventType;
 
 use super::desired::{wanted_signing_algorithm, with_signing_keys};
 use super::key_rotation::{
     DEFAULT_OVERLAP, HeldKeys, KeyStep, RotationPolicy, next_key_step, trusted_keys,
 };
-use super::reconcile::{FIELD_MANAGER, ReconcileError, Run};
+use super::reconcile::{ReconcileError, Run};
 use super::resolve::ResolvedServer;
 use super::secret::{
     annotate_signing_keys, read_signing_keys, render_secret, render_signing_keys, secret_name,
@@ -131,22 +130,7 @@ impl Run<'_> {
         render_signing_keys(self.client, self.signing_keys.as_ref(), &mut data);
         let mut secret = render_secret(self.client, data, None);
         annotate_signing_keys(&mut secret, self.signing_keys.as_ref());
-        let params = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        };
-        match self.secrets.create(&params, &secret).await {
-            Ok(created) => {
-                self.observed_secret = Some(created);
-                self.secret_written = true;
-                Ok(true)
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                self.observed_secret = self.secrets.get_opt(&secret_name(self.client)).await?;
-                Ok(false)
-            }
-            Err(e) => Err(ReconcileError::SecretWrite(e)),
-        }
+        self.create_secret(&secret).await
     }
 
     /// One local step of a rotation, written to the Secret before anything else happens.

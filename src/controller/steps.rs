@@ -561,18 +561,7 @@ impl Run<'_> {
             .await
         {
             Ok(grant) => grant,
-            Err(e) => {
-                set_condition(
-                    &mut self.status.conditions,
-                    condition::TOKENS_FRESH,
-                    false,
-                    e.reason(),
-                    format!("minting debug token {name} failed: {e}"),
-                    Some(self.generation),
-                    self.now,
-                );
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.token_failed(format!("minting debug token {name}"), e)),
         };
         let minted_at = Timestamp::now();
         // The server's own word on expiry wins; the requested lifetime is the fallback.
@@ -591,6 +580,20 @@ impl Run<'_> {
         self.keep_token(server, scopes, name, token, expires_at, next_refresh_at);
         info!(client = %self.client.name_any(), token = name, %expires_at, %next_refresh_at, "debug token minted");
         Ok(())
+    }
+
+    /// A token that could not be had: `TokensFresh=False` with the reason, and the error to return.
+    pub(super) fn token_failed(&mut self, what: String, e: AuthServerError) -> ReconcileError {
+        set_condition(
+            &mut self.status.conditions,
+            condition::TOKENS_FRESH,
+            false,
+            e.reason(),
+            format!("{what} failed: {e}"),
+            Some(self.generation),
+            self.now,
+        );
+        e.into()
     }
 
     /// Takes a new token into the record (and the staged Secret) and its schedule into status.
