@@ -372,20 +372,22 @@ async fn a_requested_rotation_resumes_after_the_operator_is_killed_after_each_st
         },
     )
     .await;
-    let status = wait_for_ready(&s.client, &s.ns, "export", "True", "Ready")
-        .await
-        .status
-        .unwrap();
+    // Status follows the Secret (it is written after it).
+    let wanted = vec![(next.kid().to_owned(), "Current".to_owned())];
+    let status = eventually("status shows the new key alone", secs(30), || async {
+        let status = api(&s).get("export").await.ok()?.status?;
+        let keys: Vec<(String, String)> = status
+            .signing_keys
+            .iter()
+            .map(|k| (k.kid.clone(), k.state.clone()))
+            .collect();
+        (keys == wanted).then_some(status)
+    })
+    .await;
     assert_eq!(
         status.last_handled_key_rotation_at.as_deref(),
         Some("first")
     );
-    let keys: Vec<(String, String)> = status
-        .signing_keys
-        .iter()
-        .map(|k| (k.kid.clone(), k.state.clone()))
-        .collect();
-    assert_eq!(keys, vec![(next.kid().to_owned(), "Current".to_owned())]);
     assert_eq!(
         s.server.count("register").await,
         1,
