@@ -343,7 +343,7 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
         "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "export"},
         "spec": {"authServerRef": {"name": "keycloak"}, "grantTypes": ["client_credentials"], "scopes": ["system/*.read"],
                  "tokenEndpointAuthMethod": "private_key_jwt", "signingKey": {"algorithm": "ES384"},
-                 "accessTokens": [{"name": "bulk"}]},
+                 "accessTokens": [{"name": "bulk", "refreshBefore": "295s"}]},
     }))
     .await
     .unwrap();
@@ -390,6 +390,54 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
         jsonwebtoken::dangerous::insecure_decode_claims(&access_token).expect("a JWT");
     assert_eq!(claims["azp"], json!(client_id), "{claims}");
     assert_eq!(claims["scope"], "system/*.read", "{claims}");
+    // What a FHIR server behind Keycloak checks: the signature against the realm's keys, the issuer,
+    // the expiry. (Keycloak 26's introspection answers `active: false` for client_credentials
+    // tokens, which carry no session; see docs/keycloak.md.)
+    let issuer = keycloak_env("KEYCLOAK_ISSUER");
+    let verify = |token: String| {
+        let issuer = issuer.clone();
+        async move {
+            let certs: jsonwebtoken::jwk::JwkSet =
+                reqwest::get(format!("{issuer}/protocol/openid-connect/certs"))
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            let jwk = certs
+                .find(header.kid.as_deref().unwrap())
+                .expect("signed with a realm key");
+            let mut validation = jsonwebtoken::Validation::new(header.alg);
+            validation.set_issuer(&[issuer.as_str()]);
+            validation.validate_aud = false;
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+                &validation,
+            )
+            .map(|t| t.claims)
+        }
+    };
+    let verified = verify(access_token.clone())
+        .await
+        .expect("a valid Keycloak token");
+    assert_eq!(verified["azp"], json!(client_id));
+    // Kept fresh: a 300 s token with refreshBefore 295s is obtained again after a tenth of its
+    // lifetime (the shortest interval the scheduler allows).
+    let renewed = eventually(
+        "a new access token from Keycloak",
+        Duration::from_secs(60),
+        || async {
+            let secret = get_secret(&client, &ns, "export-smart-client").await?;
+            let token = secret_value(&secret, "bulk_access_token")?;
+            (token != access_token).then_some(token)
+        },
+    )
+    .await;
+    verify(renewed)
+        .await
+        .expect("the renewed token is valid too");
 
     let apps: Api<SmartClient> = Api::namespaced(client.clone(), &ns);
     apps.patch(
