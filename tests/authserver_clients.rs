@@ -174,6 +174,7 @@ fn credentials(registered: &RegisteredClient) -> ClientCredentials {
         client_secret: registered.client_secret.clone(),
         registration_access_token: registered.registration_access_token.clone(),
         registration_client_uri: registered.registration_client_uri.clone(),
+        client_assertion: None,
     }
 }
 
@@ -183,6 +184,7 @@ fn chosen(client_id: &str, secret: &str) -> ClientCredentials {
         client_secret: Some(SecretString::from(secret)),
         registration_access_token: None,
         registration_client_uri: None,
+        client_assertion: None,
     }
 }
 

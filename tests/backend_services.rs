@@ -441,3 +441,44 @@ async fn a_key_rotates_on_schedule() {
     assert_eq!(s.server.count("register").await, 1);
     assert_eq!(s.server.count("update").await, 4, "two PUTs per rotation");
 }
+
+/// A server that lost its state (a redeploy, a wipe) no longer knows the client: the existence
+/// check, authenticated with an assertion, tells so (401 invalid_client), and the client is
+/// registered again with the key it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_service_forgotten_by_a_wiped_server_is_registered_again() {
+    let s = setup(
+        "backend-wipe",
+        DevDialect::Rfc7591,
+        &["--existence-check-interval", "2s"],
+    )
+    .await;
+    create(&s.client, Some(&s.ns), backend_service("export", "ES384"))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
+    let (key, first_id) = key_in_secret(&s, "export", SigningAlgorithm::ES384).await;
+    s.server.reset().await;
+    let second_id = eventually(
+        "registered again after the wipe",
+        std::time::Duration::from_secs(40),
+        || async {
+            let secret = get_secret(&s.client, &s.ns, "export-smart-client").await?;
+            let id = secret_value(&secret, "client_id")?;
+            (id != first_id && s.server.clients().await.len() == 1).then_some(id)
+        },
+    )
+    .await;
+    assert_eq!(
+        registered_kids(&s, &second_id).await,
+        vec![key.kid().to_owned()],
+        "the same key, registered again"
+    );
+    let token_endpoint = format!("{}/oauth2/token", s.server.server.base_url());
+    let assertion = key
+        .client_assertion(&second_id, &token_endpoint, std::time::SystemTime::now())
+        .unwrap();
+    let (status, body) =
+        token_with_assertion(&token_endpoint, assertion.expose_secret(), None).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -66,6 +66,7 @@ fn credentials_of(registered: &smart_operator::authserver::RegisteredClient) -> 
         client_secret: registered.client_secret.clone(),
         registration_access_token: registered.registration_access_token.clone(),
         registration_client_uri: registered.registration_client_uri.clone(),
+        client_assertion: None,
     }
 }
 
@@ -256,6 +257,7 @@ async fn operator_registers_updates_and_deletes_a_keycloak_client() {
         registration_access_token: secret_value(&secret, "registration_access_token")
             .map(SecretString::from),
         registration_client_uri: secret_value(&secret, "registration_client_uri"),
+        client_assertion: None,
     };
     assert_eq!(Some(&credentials.client_id), ready.client_id.as_ref());
     let keycloak = keycloak(None);

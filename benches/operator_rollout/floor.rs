@@ -27,6 +27,7 @@ impl Floor {
             client_secret: Some(smart_operator::controller::desired::generate_client_secret()),
             registration_access_token: None,
             registration_client_uri: None,
+            client_assertion: None,
         });
         let registered = self.auth.register(&desired, chosen.as_ref()).await?;
         let mut credentials = StoredCredentials {
@@ -60,6 +61,7 @@ impl Floor {
                 client_secret: credentials.client_secret.clone(),
                 registration_access_token: None,
                 registration_client_uri: None,
+                client_assertion: None,
             };
             let lifetime = token
                 .lifetime

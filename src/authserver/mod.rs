@@ -45,12 +45,14 @@ pub struct ClientMetadata {
 }
 
 /// An existing registration and the credentials to manage it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientCredentials {
     pub client_id: String,
     pub client_secret: Option<SecretString>,
     pub registration_access_token: Option<SecretString>,
     pub registration_client_uri: Option<String>,
+    /// A private_key_jwt client's proof at the token endpoint: an assertion made for this call.
+    pub client_assertion: Option<SecretString>,
 }
 
 /// What a server answered to a registration, read or update. Persist every credential in it before the
@@ -366,29 +368,46 @@ async fn probe_with_refresh_grant(
         .as_ref()
         .map(|s| s.expose_secret().to_owned());
     let made_up_refresh_token = format!("probe-{}", uuid::Uuid::new_v4());
-    let redactor = http::Redactor::new().with(client.client_secret.as_ref());
-    let request = http
-        .post(token_endpoint)
-        .basic_auth(&client.client_id, secret)
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", made_up_refresh_token.as_str()),
-        ]);
-    let answer = http.send(request, token_endpoint, &redactor).await?;
+    let redactor = http::Redactor::new()
+        .with(client.client_secret.as_ref())
+        .with(client.client_assertion.as_ref());
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", made_up_refresh_token.as_str()),
+    ];
+    let request = match &client.client_assertion {
+        Some(assertion) => {
+            form.push((
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ));
+            form.push(("client_assertion", assertion.expose_secret()));
+            http.post(token_endpoint)
+        }
+        None => http
+            .post(token_endpoint)
+            .basic_auth(&client.client_id, secret),
+    };
+    let answer = http
+        .send(request.form(&form), token_endpoint, &redactor)
+        .await?;
     if let Some(transient) = http::transient_error(&answer, token_endpoint, &redactor) {
         return Err(transient);
     }
     let body = http::OAuthErrorBody::parse(&answer.body, &redactor);
-    existence_from_probe_answer(answer.status.as_u16(), &body.error).ok_or_else(|| {
-        AuthServerError::ExistenceUnknown {
-            endpoint: token_endpoint.to_owned(),
-            status: answer.status.as_u16(),
-            detail: if body.error.is_empty() {
-                redactor.excerpt(&answer.body)
-            } else {
-                body.error.clone()
-            },
-        }
+    let read = if client.client_assertion.is_some() {
+        existence_from_assertion_probe_answer
+    } else {
+        existence_from_probe_answer
+    };
+    read(answer.status.as_u16(), &body.error).ok_or_else(|| AuthServerError::ExistenceUnknown {
+        endpoint: token_endpoint.to_owned(),
+        status: answer.status.as_u16(),
+        detail: if body.error.is_empty() {
+            redactor.excerpt(&answer.body)
+        } else {
+            body.error.clone()
+        },
     })
 }
 
@@ -405,9 +424,40 @@ pub fn existence_from_probe_answer(status: u16, error: &str) -> Option<Existence
     }
 }
 
+/// Reads the answer to a probe authenticated with a client assertion. Keycloak (and the dev server
+/// with it) tells an unknown client, 401 `invalid_client`, from an assertion it does not take, 400
+/// `invalid_client` (a key it does not have, a replay): only the first is "gone", or a client whose
+/// key the server lost would be registered a second time.
+pub fn existence_from_assertion_probe_answer(status: u16, error: &str) -> Option<Existence> {
+    match (status, error) {
+        (401, "invalid_client") => Some(Existence::Gone),
+        (400 | 401, "invalid_grant") => Some(Existence::Exists),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assertion_probe_takes_only_an_unknown_client_for_gone() {
+        // Keycloak 26 and smart-dev-server alike (tests/common/backend.rs).
+        assert_eq!(
+            existence_from_assertion_probe_answer(401, "invalid_client"),
+            Some(Existence::Gone)
+        );
+        assert_eq!(
+            existence_from_assertion_probe_answer(400, "invalid_grant"),
+            Some(Existence::Exists)
+        );
+        // A key the server does not take: the client may well exist; registering again would
+        // make a second one.
+        assert_eq!(
+            existence_from_assertion_probe_answer(400, "invalid_client"),
+            None
+        );
+    }
 
     fn answer(body: &str) -> http::HttpAnswer {
         http::HttpAnswer {

@@ -344,8 +344,12 @@ impl AuthServer for Rfc7591Client {
     }
 
     async fn probe(&self, client: &ClientCredentials) -> Result<Existence, AuthServerError> {
-        match (&self.token_endpoint, &client.client_secret) {
-            (Some(token_endpoint), Some(_)) => {
+        match (
+            &self.token_endpoint,
+            &client.client_secret,
+            &client.client_assertion,
+        ) {
+            (Some(token_endpoint), Some(_), _) | (Some(token_endpoint), _, Some(_)) => {
                 probe_with_refresh_grant(&self.http, token_endpoint, client).await
             }
             // A public client cannot authenticate at the token endpoint; ask the management API instead.

@@ -2,7 +2,7 @@
 //! in its Secret on the schedule debug tokens use: authenticated with a client assertion made fresh
 //! for each request (`private_key_jwt`) or with the client's secret.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -32,24 +32,13 @@ impl Run<'_> {
             .clone()
             .expect("plan obtains tokens only for known clients");
         let authentication = match self.client.spec.token_endpoint_auth_method {
-            Some(TokenEndpointAuthMethod::PrivateKeyJwt) => {
-                let key = &self
-                    .signing_keys
-                    .as_ref()
-                    .expect("plan writes the key before anything registers with it")
-                    .current;
-                let audience = server.endpoints.token.as_deref().ok_or(
-                    AuthServerError::Unsupported {
+            Some(TokenEndpointAuthMethod::PrivateKeyJwt) => ClientAuthentication::Assertion(
+                self.fresh_assertion(server, &credentials.client_id)?
+                    .ok_or(AuthServerError::Unsupported {
                         dialect: "RFC7591",
                         operation: "obtain access tokens without a token endpoint (set spec.endpoints.token)",
-                    },
-                )?;
-                ClientAuthentication::Assertion(key.client_assertion(
-                    &credentials.client_id,
-                    audience,
-                    SystemTime::now(),
-                )?)
-            }
+                    })?,
+            ),
             Some(TokenEndpointAuthMethod::ClientSecretPost) => ClientAuthentication::Post,
             _ => ClientAuthentication::Basic,
         };

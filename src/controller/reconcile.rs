@@ -651,5 +651,6 @@ pub(super) fn as_client_credentials(credentials: &StoredCredentials) -> ClientCr
         client_secret: credentials.client_secret.clone(),
         registration_access_token: credentials.registration_access_token.clone(),
         registration_client_uri: credentials.registration_client_uri.clone(),
+        client_assertion: None,
     }
 }

@@ -81,6 +81,23 @@ impl Run<'_> {
         }
     }
 
+    /// A client assertion for the token endpoint, signed with the current key, made for one request
+    /// (None for clients without keys, or a server without a token endpoint).
+    pub(super) fn fresh_assertion(
+        &self,
+        server: &ResolvedServer,
+        client_id: &str,
+    ) -> Result<Option<secrecy::SecretString>, ReconcileError> {
+        let (Some(held), Some(audience)) = (&self.signing_keys, &server.endpoints.token) else {
+            return Ok(None);
+        };
+        Ok(Some(held.current.client_assertion(
+            client_id,
+            audience,
+            std::time::SystemTime::now(),
+        )?))
+    }
+
     /// The next rotation step, and when one is due if none is now.
     pub(super) fn key_step(&self) -> (Option<KeyStep>, Option<Timestamp>) {
         match (&self.signing_keys, self.rotation_policy()) {

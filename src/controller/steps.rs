@@ -426,8 +426,12 @@ impl Run<'_> {
         // A client that cannot authenticate at the token endpoint (public, or no token endpoint) is
         // looked up with RFC 7592 GET, whose answer may carry a re-signed registration access token:
         // it is the only valid one from now on and is kept like any other credential (review C7).
+        // A private_key_jwt client proves itself with an assertion made for this probe.
+        let mut client = as_client_credentials(&credentials);
+        client.client_assertion = self.fresh_assertion(server, &credentials.client_id)?;
         let by_management_read = server.dialect() == Dialect::Rfc7591
-            && (credentials.client_secret.is_none() || server.endpoints.token.is_none());
+            && ((credentials.client_secret.is_none() && client.client_assertion.is_none())
+                || server.endpoints.token.is_none());
         let existence = if by_management_read {
             match auth.read(&as_client_credentials(&credentials)).await {
                 Ok(registered) => {
@@ -445,7 +449,7 @@ impl Run<'_> {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            auth.probe(&as_client_credentials(&credentials)).await?
+            auth.probe(&client).await?
         };
         match existence {
             Existence::Exists => {

@@ -125,6 +125,46 @@ pub async fn private_key_jwt_clients_authenticate_with_assertions(
         client_secret: None,
         registration_access_token: registered.registration_access_token.clone(),
         registration_client_uri: registered.registration_client_uri.clone(),
+        client_assertion: None,
     };
+    let probe = |assertion: SecretString| async move {
+        let answer = reqwest::Client::new()
+            .post(token_endpoint)
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "made-up"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion.expose_secret()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json::<Value>().await.unwrap_or_default())
+    };
+    // The existence probe with an assertion (a made-up refresh token): 400 invalid_grant while the
+    // client exists, 400 invalid_client for an assertion it does not take, 401 invalid_client once
+    // the client is gone.
+    let answer = |(status, body): (u16, Value)| {
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(
+        answer(probe(assertion(&key, token_endpoint, now())).await),
+        (400, "invalid_grant".to_owned())
+    );
+    assert_eq!(
+        answer(probe(assertion(&other, token_endpoint, now())).await),
+        (400, "invalid_client".to_owned())
+    );
     server.delete(&credentials).await.unwrap();
+    assert_eq!(
+        answer(probe(assertion(&key, token_endpoint, now())).await),
+        (401, "invalid_client".to_owned())
+    );
 }
