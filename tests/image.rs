@@ -40,6 +40,15 @@ impl Drop for Release {
     }
 }
 
+/// The Pod template of the chart's Deployment.
+fn pod_spec(deployment: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("the Deployment has a Pod template")
+}
+
 /// The image's OCI config (`Entrypoint`, `Cmd`, `Env`, `User`, ...) from the OCI layout at `oci`.
 fn image_config(oci: &Path) -> Value {
     let read = |path: &Path| -> Value {
@@ -73,14 +82,7 @@ fn runc_config(
     assert!(ok, "runc spec: {err}");
     let mut config: Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    let pod = deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap();
+    let pod = pod_spec(deployment);
     let container = &pod.containers[0];
     let context = container.security_context.clone().unwrap_or_default();
     let pod_context = pod.security_context.clone().unwrap_or_default();
@@ -223,15 +225,7 @@ async fn the_image_runs_as_the_charts_pod_and_does_its_job() {
         "KUBERNETES_SERVICE_HOST=127.0.0.1".to_owned(),
         format!("KUBERNETES_SERVICE_PORT={port}"),
     ];
-    let container = &deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let container = &pod_spec(&deployment).containers[0];
     for var in container.env.clone().unwrap_or_default() {
         let value = match (
             &var.value,
