@@ -548,6 +548,21 @@ fn bad_manifests() -> Vec<BadManifest> {
             &["spec.accessTokens", "would overwrite another Secret key"],
         ),
         bad(
+            "a template key that is the client secret's",
+            smart_client("b69", |s| {
+                s["secret"] = json!({"template": {"client_secret": "{{ client_id }}"}});
+            }),
+            &["spec.secret.template", "would overwrite another Secret key"],
+        ),
+        bad(
+            "a template key that is a debug token's",
+            smart_client("b70", |s| {
+                s["debugTokens"] = json!([{"name": "t", "user": "u"}]);
+                s["secret"] = json!({"template": {"t_access_token": "x"}});
+            }),
+            &["spec.secret.template", "would overwrite another Secret key"],
+        ),
+        bad(
             "clientId with an RFC7591 cluster server",
             smart_client("b35", |s| {
                 s["authServerRef"] =

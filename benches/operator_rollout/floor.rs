@@ -97,6 +97,8 @@ impl Floor {
             token_endpoint: self.endpoints.token.clone(),
             fhir_base_url: Some(self.fhir_base_url.clone()),
             scope: desired.scopes.join(" "),
+            issuer: self.endpoints.issuer.clone(),
+            authorization_endpoint: self.endpoints.authorization.clone(),
         };
         let secret = render_secret(
             &object,

@@ -17,6 +17,7 @@ mod record;
 mod report;
 pub mod resolve;
 pub mod secret;
+mod secret_template;
 mod server_fit;
 mod signing;
 mod steps;

@@ -27,6 +27,7 @@ use super::secret::{
     SecretOwnership, StoredCredentials, credentials_edited, is_in_sync, render_data, secret_name,
     secret_ownership,
 };
+use super::secret_template::check_templates;
 use super::server_fit::unsupported_by_server;
 use crate::authserver::{AuthServerError, ClientCredentials};
 use crate::crd::{Dialect, SmartClient, SmartClientStatus, condition};
@@ -332,6 +333,9 @@ impl Run<'_> {
             Ok(desired) => desired,
             Err(e) => return Ok(self.record_user_error("InvalidSpec", e.to_string()).await),
         };
+        if let Err(problem) = check_templates(self.client) {
+            return Ok(self.record_user_error("InvalidSpec", problem).await);
+        }
         let server = resolve_server(
             &self.ctx.client,
             &self.ctx.caches,

@@ -162,6 +162,8 @@ impl Run<'_> {
             token_endpoint: server.endpoints.token.clone(),
             fhir_base_url: server.spec.fhir_base_url.as_ref().map(|u| u.0.clone()),
             scope: scopes.join(" "),
+            issuer: server.endpoints.issuer.clone(),
+            authorization_endpoint: server.endpoints.authorization.clone(),
         }
     }
 

@@ -9,6 +9,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::key_rotation::HeldKeys;
+use super::secret_template::render_templates;
 use crate::crd::{SecretKeys, SmartClient};
 use crate::keys::SigningKey;
 
@@ -70,6 +71,9 @@ pub struct PublicValues {
     pub token_endpoint: Option<String>,
     pub fhir_base_url: Option<String>,
     pub scope: String,
+    /// The server's issuer identifier and authorization endpoint: what a SMART launch needs.
+    pub issuer: Option<String>,
+    pub authorization_endpoint: Option<String>,
 }
 
 /// When the registration recorded in flight in this Secret was sent, if one is.
@@ -126,6 +130,8 @@ struct KeyNames {
     scope: String,
     private_key: String,
     key_id: String,
+    issuer: String,
+    authorization_endpoint: String,
 }
 
 fn key_names(client: &SmartClient) -> KeyNames {
@@ -145,6 +151,8 @@ fn key_names(client: &SmartClient) -> KeyNames {
         scope,
         private_key,
         key_id,
+        issuer,
+        authorization_endpoint,
     } = renames;
     KeyNames {
         client_id: client_id.unwrap_or_else(|| "client_id".into()),
@@ -158,6 +166,9 @@ fn key_names(client: &SmartClient) -> KeyNames {
         scope: scope.unwrap_or_else(|| "scope".into()),
         private_key: private_key.unwrap_or_else(|| "private_key".into()),
         key_id: key_id.unwrap_or_else(|| "key_id".into()),
+        issuer: issuer.unwrap_or_else(|| "issuer".into()),
+        authorization_endpoint: authorization_endpoint
+            .unwrap_or_else(|| "authorization_endpoint".into()),
     }
 }
 
@@ -190,6 +201,12 @@ pub fn render_data(
         put(&keys.fhir_base_url, base);
     }
     put(&keys.scope, &public.scope);
+    if let Some(issuer) = &public.issuer {
+        put(&keys.issuer, issuer);
+    }
+    if let Some(endpoint) = &public.authorization_endpoint {
+        put(&keys.authorization_endpoint, endpoint);
+    }
     for (name, token) in &credentials.tokens {
         put(
             &format!("{name}_access_token"),
@@ -203,6 +220,39 @@ pub fn render_data(
         }
     }
     render_signing_keys(client, signing_keys, &mut data);
+    let current = signing_keys.map(|k| &k.current);
+    let secret = |s: Option<&SecretString>| s.map(|s| s.expose_secret().to_owned());
+    let values: BTreeMap<&'static str, String> = [
+        ("client_id", Some(credentials.client_id.clone())),
+        ("client_secret", secret(credentials.client_secret.as_ref())),
+        (
+            "registration_access_token",
+            secret(credentials.registration_access_token.as_ref()),
+        ),
+        (
+            "registration_client_uri",
+            credentials.registration_client_uri.clone(),
+        ),
+        ("token_endpoint", public.token_endpoint.clone()),
+        ("fhir_base_url", public.fhir_base_url.clone()),
+        ("scope", Some(public.scope.clone())),
+        ("issuer", public.issuer.clone()),
+        (
+            "authorization_endpoint",
+            public.authorization_endpoint.clone(),
+        ),
+        (
+            "private_key",
+            current.map(|k| k.private_key_pem().expose_secret().to_owned()),
+        ),
+        ("key_id", current.map(|k| k.kid().to_owned())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.unwrap_or_default()))
+    .collect();
+    for (key, text) in render_templates(client, &values) {
+        data.insert(key, ByteString(text.into_bytes()));
+    }
     data
 }
 

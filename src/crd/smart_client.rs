@@ -20,6 +20,8 @@ pub const DEFAULT_SECRET_KEYS: &[&str] = &[
     "scope",
     "private_key",
     "key_id",
+    "issuer",
+    "authorization_endpoint",
 ];
 
 /// Registration metadata that the operator manages itself and that `extraMetadata` may not set.
@@ -101,6 +103,10 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
 #[x_kube(validation = Rule::new(access_token_keys_collision_rule())
     .message("an access token's keys (<name>_access_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys): rename the token or the key")
     .field_path(".accessTokens")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new(template_keys_collision_rule())
+    .message("a template key would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys, or a token's keys): name it otherwise")
+    .field_path(".secret.template")
     .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(token_keys_collision_rule())
     .message("a debug token's keys (<name>_access_token, <name>_refresh_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, registration_access_token, ... or their names in secret.keys): rename the token or the key")
@@ -364,6 +370,26 @@ pub struct SecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "annotation_map_schema")]
     pub annotations: Option<BTreeMap<String, String>>,
+
+    /// Extra keys rendered from templates (minijinja, Jinja2 syntax), e.g.
+    /// `app.env: "CLIENT_ID={{ client_id }}"` or a JSON config with `{{ {...} | tojson }}`. The
+    /// values are the output keys by their default names: `client_id`, `client_secret`,
+    /// `registration_access_token`, `registration_client_uri`, `token_endpoint`, `fhir_base_url`,
+    /// `scope`, `issuer`, `authorization_endpoint`, `private_key`, `key_id` (empty where the client
+    /// has none). A template that does not parse, or names another value, is `Ready=False
+    /// InvalidSpec` before anything is registered. Keys may not be another output key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "template_map_schema")]
+    pub template: Option<BTreeMap<String, String>>,
+}
+
+fn template_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 16,
+        "propertyNames": {"pattern": "^[-._a-zA-Z0-9]+$", "maxLength": 253},
+        "additionalProperties": {"type": "string", "maxLength": 16384},
+    })
 }
 
 // Checked at admission because a Secret write the apiserver refuses would strand credentials the auth
@@ -434,6 +460,14 @@ pub struct SecretKeys {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key_id: Option<String>,
+    /// Key for the auth server's issuer identifier (SMART launch), where it publishes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub issuer: Option<String>,
+    /// Key for the authorization endpoint URL (SMART launch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub authorization_endpoint: Option<String>,
 }
 
 /// Every output key after renaming must be distinct (renaming `client_secret` to `client_id` would
@@ -468,6 +502,16 @@ fn token_keys_collision_rule() -> String {
     format!(
         "!has(self.debugTokens) || self.debugTokens.all(t, {TOKEN_KEYS_CEL}.all(k, !(k in {})))",
         secret_keys_cel()
+    )
+}
+
+/// A template's key must not be an output key or a token's key.
+fn template_keys_collision_rule() -> String {
+    format!(
+        "!has(self.secret) || !has(self.secret.template) || self.secret.template.all(k, !(k in {keys}) \
+         && (!has(self.debugTokens) || !self.debugTokens.exists(t, k in {TOKEN_KEYS_CEL})) \
+         && (!has(self.accessTokens) || !self.accessTokens.exists(t, k in {TOKEN_KEYS_CEL})))",
+        keys = secret_keys_cel()
     )
 }
 
