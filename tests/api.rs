@@ -563,6 +563,13 @@ fn bad_manifests() -> Vec<BadManifest> {
             &["spec.secret.template", "would overwrite another Secret key"],
         ),
         bad(
+            "a kubernetes.io Secret type",
+            smart_client("b71", |s| {
+                s["secret"] = json!({"type": "kubernetes.io/basic-auth"});
+            }),
+            &["spec.secret.type", "kubernetes.io/ Secret types"],
+        ),
+        bad(
             "clientId with an RFC7591 cluster server",
             smart_client("b35", |s| {
                 s["authServerRef"] =
@@ -652,6 +659,12 @@ fn bad_updates() -> Vec<BadUpdate> {
             object: smart_client("u3", |s| s["authServerRef"] = json!({"name": "dcr"})),
             patch: json!({"spec": {"clientId": "chosen"}}),
             expect: &["spec.clientId", "S4SLegacy"],
+        },
+        BadUpdate {
+            what: "a Secret type set after the Secret exists",
+            object: smart_client("u4", |_| {}),
+            patch: json!({"spec": {"secret": {"type": "example.org/smart"}}}),
+            expect: &["spec.secret.type", "immutable"],
         },
     ]
 }

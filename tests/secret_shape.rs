@@ -19,7 +19,10 @@ async fn the_secret_carries_the_launch_keys_and_the_templated_files() {
     create(
         &s.client,
         Some(&s.ns),
-        smart_client("app", json!({"secret": {"template": template}})),
+        smart_client(
+            "app",
+            json!({"secret": {"template": template, "type": "smart.fhir.dev/smart-client"}}),
+        ),
     )
     .await
     .unwrap();
@@ -27,6 +30,7 @@ async fn the_secret_carries_the_launch_keys_and_the_templated_files() {
     let secret = get_secret(&s.client, &s.ns, "app-smart-client")
         .await
         .unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("smart.fhir.dev/smart-client"));
     let value = |key: &str| secret_value(&secret, key).unwrap_or_else(|| panic!("no {key}"));
     let base = s.server.server.base_url();
     assert_eq!(value("issuer"), base);

@@ -355,7 +355,7 @@ pub fn render_secret(
     labels.insert(CLIENT_LABEL.into(), client_label_value(&client.name_any()));
     let mut secret = Secret {
         data: Some(data),
-        type_: Some("Opaque".into()),
+        type_: Some(spec.type_.clone().unwrap_or_else(|| "Opaque".into())),
         ..Default::default()
     };
     secret.metadata.name = Some(secret_name(client));

@@ -104,6 +104,10 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     .message("an access token's keys (<name>_access_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys): rename the token or the key")
     .field_path(".accessTokens")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("(has(self.secret) && has(self.secret.type) ? self.secret.type : 'Opaque') == (has(oldSelf.secret) && has(oldSelf.secret.type) ? oldSelf.secret.type : 'Opaque')")
+    .message("secret.type is immutable, as a Secret's type is: create a new SmartClient for another type")
+    .field_path(".secret.type")
+    .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(template_keys_collision_rule())
     .message("a template key would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys, or a token's keys): name it otherwise")
     .field_path(".secret.template")
@@ -381,6 +385,18 @@ pub struct SecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "template_map_schema")]
     pub template: Option<BTreeMap<String, String>>,
+
+    /// The Secret's `type`, for tools that select Secrets by it. Default `Opaque`. The
+    /// `kubernetes.io/` types are refused: the apiserver requires keys of them the operator does
+    /// not write. Immutable, as a Secret's type is.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "type")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^(Opaque|[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+)$")
+    )]
+    #[x_kube(validation = Rule::new("!self.startsWith('kubernetes.io/')")
+        .message("kubernetes.io/ Secret types need keys the operator does not write; use Opaque or a type of your own domain"))]
+    pub type_: Option<String>,
 }
 
 fn template_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
