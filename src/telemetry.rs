@@ -68,6 +68,9 @@ pub struct Metrics {
     pub clients_remembered: Gauge,
     /// Per token (`<uid>/<name>`): expiry and next refresh, Unix seconds. Aggregated into the gauges.
     token_schedule: Mutex<HashMap<String, (i64, i64)>>,
+    client_secrets_expired: Gauge,
+    /// SmartClients (by uid) whose client secret is past the expiry the server gave it.
+    expired_secrets: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,12 @@ impl Default for Metrics {
         let debug_token_next_refresh = Gauge::default();
         let debug_tokens = Gauge::default();
         let clients_remembered = Gauge::default();
+        let client_secrets_expired = Gauge::default();
+        registry.register(
+            "client_secrets_expired",
+            "SmartClients whose client secret is past the client_secret_expires_at the server gave it",
+            client_secrets_expired.clone(),
+        );
         registry.register(
             "reconcile",
             "Reconciles by controller and result",
@@ -141,6 +150,8 @@ impl Default for Metrics {
             debug_tokens,
             clients_remembered,
             token_schedule: Mutex::default(),
+            client_secrets_expired,
+            expired_secrets: Mutex::default(),
         }
     }
 }
@@ -200,6 +211,20 @@ impl Metrics {
             .set(tokens.values().map(|v| v.0).min().unwrap_or(0));
         self.debug_token_next_refresh
             .set(tokens.values().map(|v| v.1).min().unwrap_or(0));
+    }
+
+    /// Whether a SmartClient's client secret is past its expiry.
+    pub fn set_secret_expired(&self, uid: &str, expired: bool) {
+        let Ok(mut expired_secrets) = self.expired_secrets.lock() else {
+            return;
+        };
+        if expired {
+            expired_secrets.insert(uid.to_owned());
+        } else {
+            expired_secrets.remove(uid);
+        }
+        self.client_secrets_expired
+            .set(expired_secrets.len() as i64);
     }
 
     /// Forgets every token of one SmartClient (`<uid>/`).

@@ -260,6 +260,15 @@ async fn operator_registers_updates_and_deletes_a_keycloak_client() {
         client_assertion: None,
     };
     assert_eq!(Some(&credentials.client_id), ready.client_id.as_ref());
+    // Keycloak answers client_secret_expires_at: 0, a secret that never expires.
+    assert_eq!(ready.client_secret_expires_at, None);
+    assert!(
+        !ready
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "ClientSecretValid"),
+        "no expiry condition without an expiry"
+    );
     let keycloak = keycloak(None);
     keycloak
         .read(&credentials)

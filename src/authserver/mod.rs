@@ -65,6 +65,9 @@ pub struct RegisteredClient {
     pub registration_client_uri: Option<String>,
     /// Seconds since the Unix epoch.
     pub client_id_issued_at: Option<i64>,
+    /// When the client secret expires (`client_secret_expires_at`), seconds since the Unix epoch;
+    /// None when it never does (the answer's 0) or the server did not say.
+    pub client_secret_expires_at: Option<i64>,
     /// Scopes the server granted, when it said; may be fewer than requested.
     pub granted_scopes: Option<Vec<String>>,
 }
@@ -312,11 +315,16 @@ pub fn registration_from_answer(
             ));
         }
     }
-    let issued_at = body.get("client_id_issued_at").and_then(|v| match v {
-        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        serde_json::Value::String(s) => s.parse().ok(),
-        _ => None,
-    });
+    let seconds = |field: &str| {
+        body.get(field).and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        })
+    };
+    let issued_at = seconds("client_id_issued_at");
+    // RFC 7591 §3.2.1: 0 means the secret does not expire.
+    let secret_expires_at = seconds("client_secret_expires_at").filter(|at| *at > 0);
     let granted_scopes = body.get("scope").and_then(|v| match v {
         serde_json::Value::String(s) => Some(split_scopes(s)),
         serde_json::Value::Array(items) => Some(
@@ -333,6 +341,7 @@ pub fn registration_from_answer(
         registration_access_token: text("registration_access_token").map(SecretString::from),
         registration_client_uri: text("registration_client_uri"),
         client_id_issued_at: issued_at,
+        client_secret_expires_at: secret_expires_at,
         granted_scopes,
     })
 }

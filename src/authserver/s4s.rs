@@ -167,6 +167,7 @@ impl AuthServer for S4sClient {
                 registration_access_token: None,
                 registration_client_uri: None,
                 client_id_issued_at: Some(unix_seconds(SystemTime::now()) as i64),
+                client_secret_expires_at: None,
                 ..registered
             });
         }

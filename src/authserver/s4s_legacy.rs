@@ -75,6 +75,7 @@ impl AuthServer for S4sLegacyClient {
             registration_access_token: None,
             registration_client_uri: None,
             client_id_issued_at: Some(unix_seconds(SystemTime::now()) as i64),
+            client_secret_expires_at: None,
             granted_scopes: None,
         };
         if answer.status.is_success() {

@@ -263,6 +263,7 @@ impl Context {
         drop(memory);
         for uid in &uids {
             self.metrics.forget_tokens_of(uid);
+            self.metrics.set_secret_expired(uid, false);
         }
     }
 

@@ -499,6 +499,10 @@ impl Run<'_> {
                         self.status.secret_name = Some(secret_name.clone());
                     }
                     self.mark_ready(&server);
+                    let after = match (after, self.report_secret_expiry().await) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     return Ok(after
                         .map(Requeue::requeue)
                         .unwrap_or_else(Requeue::await_change));

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use tracing::warn;
 
-use super::conditions::{derive_kstatus_conditions, set_condition};
+use super::conditions::{self, derive_kstatus_conditions, set_condition};
 use super::context::Context;
 use super::plan::{USER_ERROR_REASONS, next_retry};
 use super::reconcile::{FIELD_MANAGER, OBSERVE_ONLY_ANNOTATION, ReconcileError, Run};
@@ -23,6 +23,57 @@ use crate::crd::{SmartClient, SmartClientStatus, condition};
 const SECRET_CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
 impl Run<'_> {
+    /// `ClientSecretValid`, where the server gave the client secret an expiry: True until then,
+    /// False (`ClientSecretExpired`, a Warning Event, `smart_operator_client_secrets_expired`) once
+    /// past. Returns the time left, to look again then.
+    pub(super) async fn report_secret_expiry(&mut self) -> Option<Duration> {
+        let Some(expires) = self.status.client_secret_expires_at.as_ref().map(|t| t.0) else {
+            self.status
+                .conditions
+                .retain(|c| c.type_ != condition::CLIENT_SECRET_VALID);
+            self.ctx.metrics.set_secret_expired(&self.uid, false);
+            return None;
+        };
+        let expired = self.now >= expires;
+        let was_expired = conditions::find(&self.status.conditions, condition::CLIENT_SECRET_VALID)
+            .is_some_and(|c| c.status == "False");
+        let (reason, message) = if expired {
+            (
+                "ClientSecretExpired",
+                format!(
+                    "the client secret expired at {expires} (client_secret_expires_at): the server refuses it from now on; register the client again (delete its Secret) until rotation is automated"
+                ),
+            )
+        } else {
+            (
+                "ClientSecretValid",
+                format!("the client secret expires at {expires}"),
+            )
+        };
+        set_condition(
+            &mut self.status.conditions,
+            condition::CLIENT_SECRET_VALID,
+            !expired,
+            reason,
+            message.clone(),
+            Some(self.generation),
+            self.now,
+        );
+        self.ctx.metrics.set_secret_expired(&self.uid, expired);
+        if expired && !was_expired {
+            self.ctx
+                .publish(
+                    self.client,
+                    EventType::Warning,
+                    "ClientSecretExpired",
+                    "Expiry",
+                    message,
+                )
+                .await;
+        }
+        (!expired).then(|| Duration::try_from(expires.duration_since(self.now)).unwrap_or_default())
+    }
+
     pub(super) fn mark_ready(&mut self, server: &ResolvedServer) {
         // Healthy: whatever failed before (a Secret write, a probe) has been done since, so no backoff
         // is left to delay or block what comes next (a deletion, say).

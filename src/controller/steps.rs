@@ -256,10 +256,12 @@ impl Run<'_> {
             registration_access_token,
             registration_client_uri,
             client_id_issued_at,
+            client_secret_expires_at,
             granted_scopes,
         } = registered;
         // Servers answer updates with less than registrations (Keycloak sends client_id_issued_at only
         // on create; some servers omit an unchanged token): keep what the answer does not replace.
+        let new_secret = client_secret.is_some();
         let previous = self.credentials.take().filter(|p| p.client_id == client_id);
         let registration_client_uri = registration_client_uri.or_else(|| {
             previous
@@ -288,6 +290,13 @@ impl Run<'_> {
             .map(Time);
         if issued_at.is_some() || !same_client {
             self.status.client_id_issued_at = issued_at;
+        }
+        // A new secret (or client) brings its own expiry; an answer without one keeps the old one
+        // only for the same secret.
+        if client_secret_expires_at.is_some() || !same_client || new_secret {
+            self.status.client_secret_expires_at = client_secret_expires_at
+                .and_then(|s| Timestamp::from_second(s).ok())
+                .map(Time);
         }
         if let Some(granted) = granted_scopes {
             self.status.granted_scopes = granted;

@@ -42,6 +42,9 @@ pub mod condition {
     pub const TOKENS_FRESH: &str = "TokensFresh";
     /// False (reason `ScopesNarrowed`) when the server granted fewer scopes than requested.
     pub const SCOPES_GRANTED: &str = "ScopesGranted";
+    /// Present where the server gives the client secret an expiry: False (reason
+    /// `ClientSecretExpired`) once it is past.
+    pub const CLIENT_SECRET_VALID: &str = "ClientSecretValid";
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     /// True while the annotation `smart.fhir.dev/paused` is "true"; absent otherwise.
     pub const PAUSED: &str = "Paused";

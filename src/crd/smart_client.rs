@@ -623,6 +623,9 @@ pub struct SmartClientStatus {
     /// When the server issued the client id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id_issued_at: Option<Time>,
+    /// When the client secret expires, where the server said so (`client_secret_expires_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_expires_at: Option<Time>,
     /// Scopes the server granted; may be fewer than requested.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_scopes: Vec<String>,

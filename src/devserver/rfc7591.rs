@@ -243,7 +243,10 @@ pub(super) fn representation(client: &Client, origin: &str) -> Value {
     body.insert("client_id".to_owned(), json!(client.client_id));
     if let Some(secret) = &client.client_secret {
         body.insert("client_secret".to_owned(), json!(secret));
-        body.insert("client_secret_expires_at".to_owned(), json!(0));
+        body.insert(
+            "client_secret_expires_at".to_owned(),
+            json!(client.secret_expires_at),
+        );
     }
     body.insert("client_id_issued_at".to_owned(), json!(client.issued_at));
     body.insert(
@@ -463,6 +466,10 @@ async fn register(
         client_id: client_id.clone(),
         client_secret: issues_secret(&metadata).then(|| wire::random_alphanumeric(32)),
         issued_at: now,
+        secret_expires_at: store
+            .scope_policy
+            .client_secret_lifetime_secs
+            .map_or(0, |lifetime| now + lifetime),
         scopes: granted.unwrap_or_default(),
         registration_access_token: Some(new_registration_access_token()),
         metadata,

@@ -135,6 +135,7 @@ async fn register(
         client_id: client_id.clone(),
         client_secret: Some(wire::uuid()),
         issued_at: wire::unix_now(),
+        secret_expires_at: 0,
         scopes: scope.split_whitespace().map(str::to_owned).collect(),
         registration_access_token: None,
         metadata,

@@ -96,6 +96,7 @@ async fn register(
                 .map_or_else(wire::uuid, str::to_owned),
         ),
         issued_at: wire::unix_now(),
+        secret_expires_at: 0,
         scopes: scopes.split_whitespace().map(str::to_owned).collect(),
         registration_access_token: None,
         metadata,

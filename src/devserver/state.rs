@@ -169,6 +169,8 @@ pub(super) struct Client {
     pub client_secret: Option<String>,
     /// Unix seconds.
     pub issued_at: i64,
+    /// RFC 7591 `client_secret_expires_at`: Unix seconds, 0 for never.
+    pub secret_expires_at: i64,
     /// The scopes the server granted, in request order.
     pub scopes: Vec<String>,
     /// RFC 7591 only: the one registration access token currently valid.
@@ -295,6 +297,10 @@ pub(super) struct ScopePolicy {
     /// Lifetime of client_credentials access tokens (`expires_in`); default 300 s, Keycloak's.
     #[serde(default)]
     pub access_token_lifetime_secs: Option<i64>,
+    /// Client secrets expire this long after they are issued (`client_secret_expires_at`); default
+    /// never (0), as Keycloak answers.
+    #[serde(default)]
+    pub client_secret_lifetime_secs: Option<i64>,
     /// What discovery advertises in place of the defaults (both documents): lists of
     /// `token_endpoint_auth_methods_supported`, `token_endpoint_auth_signing_alg_values_supported`,
     /// `grant_types_supported` and SMART `capabilities`, so tests can offer a client less.

@@ -1,0 +1,60 @@
+//! `client_secret_expires_at` is honoured (issue 14 item 3, without rotation yet): status shows it,
+//! and a secret past it is a condition, an Event and a metric, never a silent failure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::operator::*;
+use common::scenario::*;
+use common::*;
+use serde_json::json;
+use smart_operator::devserver::Dialect as DevDialect;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_secret_past_its_expiry_is_reported() {
+    let s = setup("expiry", DevDialect::Rfc7591, &[]).await;
+    s.server
+        .set_policy(json!({"client_secret_lifetime_secs": 4}))
+        .await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    let status = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
+        .await
+        .status
+        .unwrap();
+    let expires = status
+        .client_secret_expires_at
+        .clone()
+        .expect("status.clientSecretExpiresAt")
+        .0;
+    let issued = status.client_id_issued_at.clone().unwrap().0;
+    assert_eq!(expires.as_second() - issued.as_second(), 4);
+    let valid = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ClientSecretValid")
+        .expect("ClientSecretValid");
+    assert_eq!(valid.status, "True", "{valid:?}");
+
+    // Past it: False, an Event and the metric, without any spec change.
+    eventually(
+        "ClientSecretValid=False",
+        Duration::from_secs(20),
+        || async {
+            let client = api(&s).get("app").await.ok()?;
+            condition(&client, "ClientSecretValid")
+                .filter(|(status, reason)| status == "False" && reason == "ClientSecretExpired")
+        },
+    )
+    .await;
+    let note = wait_for_event(&s.client, &s.ns, "ClientSecretExpired").await;
+    assert!(note.contains("expired"), "{note}");
+    assert_eq!(
+        s.operator
+            .metric("smart_operator_client_secrets_expired")
+            .await,
+        Some(1.0)
+    );
+}
