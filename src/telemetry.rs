@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Per token (`<uid>/<name>`): expiry and next refresh, Unix seconds. Aggregated into the gauges.
     token_schedule: Mutex<HashMap<String, (i64, i64)>>,
     client_secrets_expired: Gauge,
+    orphaned_clients: Gauge,
+    /// Orphans listed per SmartClient (by uid), summed into `orphaned_clients`.
+    orphans: Mutex<HashMap<String, usize>>,
     /// SmartClients (by uid) whose client secret is past the expiry the server gave it.
     expired_secrets: Mutex<std::collections::HashSet<String>>,
 }
@@ -92,6 +95,12 @@ impl Default for Metrics {
         let debug_tokens = Gauge::default();
         let clients_remembered = Gauge::default();
         let client_secrets_expired = Gauge::default();
+        let orphaned_clients = Gauge::default();
+        registry.register(
+            "orphaned_clients",
+            "Registrations left on auth servers, as listed in status.orphanedClients of all SmartClients",
+            orphaned_clients.clone(),
+        );
         registry.register(
             "client_secrets_expired",
             "SmartClients whose client secret is past the client_secret_expires_at the server gave it",
@@ -152,6 +161,8 @@ impl Default for Metrics {
             token_schedule: Mutex::default(),
             client_secrets_expired,
             expired_secrets: Mutex::default(),
+            orphaned_clients,
+            orphans: Mutex::default(),
         }
     }
 }
@@ -211,6 +222,20 @@ impl Metrics {
             .set(tokens.values().map(|v| v.0).min().unwrap_or(0));
         self.debug_token_next_refresh
             .set(tokens.values().map(|v| v.1).min().unwrap_or(0));
+    }
+
+    /// How many orphans a SmartClient lists (0 forgets it).
+    pub fn set_orphans(&self, uid: &str, count: usize) {
+        let Ok(mut orphans) = self.orphans.lock() else {
+            return;
+        };
+        if count == 0 {
+            orphans.remove(uid);
+        } else {
+            orphans.insert(uid.to_owned(), count);
+        }
+        self.orphaned_clients
+            .set(orphans.values().sum::<usize>() as i64);
     }
 
     /// Whether a SmartClient's client secret is past its expiry.

@@ -168,3 +168,51 @@ async fn an_observe_only_client_is_read_and_reported_never_registered_updated_or
     assert_eq!(s.server.count("delete").await, 0, "no delete sent");
     assert_eq!(s.server.clients().await.len(), 1, "the registration stays");
 }
+
+/// Orphans are counted, and cleared once someone has dealt with them on the server (issue 14
+/// item 4): `smart.fhir.dev/clear-orphans: <client id>[,<client id>...] | all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_counted_and_cleared_by_annotation() {
+    let s = setup("ann-orphans", DevDialect::S4s, &[]).await;
+    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
+        .await
+        .status
+        .unwrap()
+        .client_id
+        .unwrap();
+    // S4S cannot update: a new name replaces the client and orphans the first.
+    patch_spec(&s, "app", json!({"clientName": "renamed"})).await;
+    eventually(
+        "the first client listed as an orphan",
+        Duration::from_secs(30),
+        || async {
+            let status = api(&s).get("app").await.ok()?.status?;
+            status
+                .orphaned_clients
+                .iter()
+                .any(|o| o.client_id == first)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("the orphan counted", Duration::from_secs(10), || async {
+        (s.operator.metric("smart_operator_orphaned_clients").await == Some(1.0)).then_some(())
+    })
+    .await;
+
+    annotate(&s, "app", "smart.fhir.dev/clear-orphans", Some(&first)).await;
+    eventually("the orphan cleared", Duration::from_secs(30), || async {
+        let status = api(&s).get("app").await.ok()?.status?;
+        status.orphaned_clients.is_empty().then_some(())
+    })
+    .await;
+    let note = wait_for_event(&s.client, &s.ns, "OrphansCleared").await;
+    assert!(note.contains(&first), "{note}");
+    eventually("the count back to 0", Duration::from_secs(10), || async {
+        (s.operator.metric("smart_operator_orphaned_clients").await == Some(0.0)).then_some(())
+    })
+    .await;
+}

@@ -264,6 +264,7 @@ impl Context {
         for uid in &uids {
             self.metrics.forget_tokens_of(uid);
             self.metrics.set_secret_expired(uid, false);
+            self.metrics.set_orphans(uid, 0);
         }
     }
 

@@ -45,6 +45,9 @@ pub const RECONCILE_REQUESTED_ANNOTATION: &str = "smart.fhir.dev/reconcile-reque
 pub const PAUSED_ANNOTATION: &str = "smart.fhir.dev/paused";
 /// "true": the client is read and reported on, never registered, updated, deleted or written.
 pub const OBSERVE_ONLY_ANNOTATION: &str = "smart.fhir.dev/observe-only";
+/// Annotation naming orphans to take out of `status.orphanedClients` (comma-separated client ids,
+/// or `all`).
+pub const CLEAR_ORPHANS_ANNOTATION: &str = "smart.fhir.dev/clear-orphans";
 
 /// Whether a SmartClient is observe-only (see [`OBSERVE_ONLY_ANNOTATION`]).
 pub fn observe_only(client: &SmartClient) -> bool {
@@ -213,6 +216,7 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
         return Ok(Requeue::await_change());
     }
     run.take_reconcile_request().await;
+    run.clear_orphans_if_asked().await;
     let outcome = run.drive().await;
     let requeue = match outcome {
         Ok(requeue) => requeue,
@@ -313,6 +317,46 @@ impl Run<'_> {
                 "ReconcileRequested",
                 "Reconcile",
                 format!("{RECONCILE_REQUESTED_ANNOTATION}: {requested}; backoff and user-error wait cleared"),
+            )
+            .await;
+    }
+
+    /// `smart.fhir.dev/clear-orphans: <client id>[,...] | all`: the listed entries leave
+    /// `status.orphanedClients` (someone dealt with them on the server, or accepts them). Orphans
+    /// without a known id (an answer lost) go with `all` only.
+    pub(super) async fn clear_orphans_if_asked(&mut self) {
+        let Some(asked) = self.client.annotations().get(CLEAR_ORPHANS_ANNOTATION) else {
+            return;
+        };
+        let ids: Vec<&str> = asked.split(',').map(str::trim).collect();
+        let all = ids.contains(&"all");
+        let (cleared, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.status.orphaned_clients)
+            .into_iter()
+            .partition(|o| all || (!o.client_id.is_empty() && ids.contains(&o.client_id.as_str())));
+        self.status.orphaned_clients = kept;
+        if cleared.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = cleared
+            .iter()
+            .map(|o| {
+                if o.client_id.is_empty() {
+                    "(an unknown id)"
+                } else {
+                    o.client_id.as_str()
+                }
+            })
+            .collect();
+        self.ctx
+            .publish(
+                self.client,
+                EventType::Normal,
+                "OrphansCleared",
+                "Reconcile",
+                format!(
+                    "{CLEAR_ORPHANS_ANNOTATION}: no longer listed as orphans: {}",
+                    names.join(", ")
+                ),
             )
             .await;
     }

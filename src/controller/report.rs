@@ -349,6 +349,11 @@ pub(super) async fn write_client_status(
         generation,
         Timestamp::now(),
     );
+    // Counted on every pass, written or not, so a restarted operator counts what status lists.
+    ctx.metrics.set_orphans(
+        &client.uid().unwrap_or_default(),
+        status.orphaned_clients.len(),
+    );
     let known = client.status.is_some() || ctx.wrote_status(client);
     if known && ctx.latest_status(client) == *status {
         return Ok(());
