@@ -219,11 +219,7 @@ async fn access_tokens_are_in_the_secret_and_obtained_again_before_they_expire()
             entry.next_refresh_at.clone().unwrap().0,
         );
         assert!(refresh < expires, "{name}: renewed before it expires");
-        let fresh = ready
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "TokensFresh")
-            .expect("TokensFresh");
+        let fresh = condition_in(&ready, "TokensFresh");
         assert_eq!(fresh.status, "True", "{name}: {fresh:?}");
         let secret = get_secret(&s.client, &s.ns, &format!("{name}-smart-client"))
             .await
@@ -284,11 +280,7 @@ async fn a_server_that_does_not_offer_what_the_client_needs_is_sent_nothing() {
         .await
         .status
         .unwrap();
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = condition_in(&status, "Ready");
     assert!(
         ready.message.contains("client-confidential-asymmetric")
             && ready.message.contains("[RS384] lacks ES384"),

@@ -25,11 +25,7 @@ async fn scopes_the_server_leaves_out_are_named_and_the_secret_shows_the_granted
         .await
         .status
         .unwrap();
-    let granted = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ScopesGranted")
-        .expect("a ScopesGranted condition");
+    let granted = condition_in(&status, "ScopesGranted");
     assert_eq!(
         (granted.status.as_str(), granted.reason.as_str()),
         ("False", "ScopesNarrowed"),

@@ -31,11 +31,7 @@ async fn a_client_secret_past_its_expiry_is_reported() {
         .0;
     let issued = status.client_id_issued_at.clone().unwrap().0;
     assert_eq!(expires.as_second() - issued.as_second(), 4);
-    let valid = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ClientSecretValid")
-        .expect("ClientSecretValid");
+    let valid = condition_in(&status, "ClientSecretValid");
     assert_eq!(valid.status, "True", "{valid:?}");
 
     // Past it: False, an Event and the metric, without any spec change.

@@ -73,11 +73,7 @@ async fn the_secret_carries_the_launch_keys_and_the_templated_files() {
             .await
             .status
             .unwrap();
-        let ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = condition_in(&status, "Ready");
         assert!(
             ready.message.contains("spec.secret.template") && ready.message.contains("app.env"),
             "{name}: {ready:?}"

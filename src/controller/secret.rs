@@ -602,6 +602,23 @@ mod tests {
         client
     }
 
+    #[test]
+    fn a_template_can_use_every_name_the_check_allows() {
+        use crate::controller::secret_template::{TEMPLATE_VALUES, check_templates};
+        let text: String = TEMPLATE_VALUES
+            .iter()
+            .map(|name| format!("{name}={{{{ {name} }}}};"))
+            .collect();
+        let c = client(serde_json::json!({"template": {"all": text}}));
+        assert_eq!(check_templates(&c), Ok(()));
+        let data = render_data(&c, &credentials(), None, &PublicValues::default());
+        let all = String::from_utf8(data["all"].0.clone()).unwrap();
+        assert!(
+            all.starts_with("client_id=id-1;client_secret=secret-1;"),
+            "{all}"
+        );
+    }
+
     fn credentials() -> StoredCredentials {
         StoredCredentials {
             client_id: "id-1".into(),

@@ -6,22 +6,10 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior};
 
-use crate::crd::SmartClient;
+use crate::crd::{DEFAULT_SECRET_KEYS, SmartClient};
 
 /// The names a template can use: the output keys by their default names.
-pub const TEMPLATE_VALUES: &[&str] = &[
-    "client_id",
-    "client_secret",
-    "registration_access_token",
-    "registration_client_uri",
-    "token_endpoint",
-    "fhir_base_url",
-    "scope",
-    "issuer",
-    "authorization_endpoint",
-    "private_key",
-    "key_id",
-];
+pub const TEMPLATE_VALUES: &[&str] = DEFAULT_SECRET_KEYS;
 
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();

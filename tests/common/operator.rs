@@ -274,6 +274,18 @@ where
 }
 
 /// The status of a condition of a SmartClient, with its reason.
+/// The condition of `type_` in a status; panics naming it when there is none.
+pub fn condition_in<'a>(
+    status: &'a smart_operator::crd::SmartClientStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {:?}", status.conditions))
+}
+
 pub fn condition(client: &SmartClient, type_: &str) -> Option<(String, String)> {
     client
         .status
