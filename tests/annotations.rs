@@ -110,11 +110,13 @@ async fn a_paused_client_makes_no_remote_call_and_no_write_until_it_is_resumed()
         get_secret(&s.client, &s.ns, "app-smart-client").await
     })
     .await;
-    let client = api(&s).get("app").await.unwrap();
-    assert_ne!(
-        condition(&client, "Paused").map(|(status, _)| status),
-        Some("True".to_owned())
-    );
+    // The Secret is written before status, so status is read until it follows.
+    eventually("Paused no longer True", Duration::from_secs(10), || async {
+        let client = api(&s).get("app").await.ok()?;
+        let paused = condition(&client, "Paused").map(|(status, _)| status);
+        (paused != Some("True".to_owned())).then_some(())
+    })
+    .await;
 }
 
 const OBSERVE_ONLY: &str = "smart.fhir.dev/observe-only";
