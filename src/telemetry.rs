@@ -74,6 +74,10 @@ pub struct Metrics {
     orphans: Mutex<HashMap<String, usize>>,
     /// SmartClients (by uid) whose client secret is past the expiry the server gave it.
     expired_secrets: Mutex<std::collections::HashSet<String>>,
+    next_rotation: Gauge,
+    rotations_scheduled: Gauge,
+    /// Per SmartClient (by uid): when its credentials are rotated next, Unix seconds.
+    rotation_schedule: Mutex<HashMap<String, i64>>,
 }
 
 impl Default for Metrics {
@@ -96,6 +100,18 @@ impl Default for Metrics {
         let clients_remembered = Gauge::default();
         let client_secrets_expired = Gauge::default();
         let orphaned_clients = Gauge::default();
+        let next_rotation = Gauge::default();
+        let rotations_scheduled = Gauge::default();
+        registry.register(
+            "credential_next_rotation_timestamp_seconds",
+            "Earliest scheduled credential rotation of any SmartClient (Unix seconds; 0 when none)",
+            next_rotation.clone(),
+        );
+        registry.register(
+            "credential_rotations_scheduled",
+            "SmartClients with a credential rotation scheduled (status.nextRotationAt)",
+            rotations_scheduled.clone(),
+        );
         registry.register(
             "orphaned_clients",
             "Registrations left on auth servers, as listed in status.orphanedClients of all SmartClients",
@@ -163,6 +179,9 @@ impl Default for Metrics {
             expired_secrets: Mutex::default(),
             orphaned_clients,
             orphans: Mutex::default(),
+            next_rotation,
+            rotations_scheduled,
+            rotation_schedule: Mutex::default(),
         }
     }
 }
@@ -236,6 +255,24 @@ impl Metrics {
         }
         self.orphaned_clients
             .set(orphans.values().sum::<usize>() as i64);
+    }
+
+    /// When a SmartClient's credentials are rotated next (None forgets it).
+    pub fn set_rotation_schedule(&self, uid: &str, at: Option<i64>) {
+        let Ok(mut schedule) = self.rotation_schedule.lock() else {
+            return;
+        };
+        match at {
+            Some(at) => {
+                schedule.insert(uid.to_owned(), at);
+            }
+            None => {
+                schedule.remove(uid);
+            }
+        }
+        self.rotations_scheduled.set(schedule.len() as i64);
+        self.next_rotation
+            .set(schedule.values().copied().min().unwrap_or(0));
     }
 
     /// Whether a SmartClient's client secret is past its expiry.

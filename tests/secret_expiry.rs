@@ -1,5 +1,6 @@
-//! `client_secret_expires_at` is honoured (issue 14 item 3, without rotation yet): status shows it,
-//! and a secret past it is a condition, an Event and a metric, never a silent failure.
+//! `client_secret_expires_at` is honoured (issue 14 item 3): status shows it, and a secret past it
+//! (here because the rotation ahead of the expiry cannot register a replacement) is a condition, an
+//! Event and a metric, never a silent failure. Rotation ahead of the expiry: tests/rotation.rs.
 
 mod common;
 
@@ -33,6 +34,10 @@ async fn a_client_secret_past_its_expiry_is_reported() {
     assert_eq!(expires.as_second() - issued.as_second(), 4);
     let valid = condition_in(&status, "ClientSecretValid");
     assert_eq!(valid.status, "True", "{valid:?}");
+    // The rotation due ahead of the expiry finds the server refusing registrations.
+    s.server
+        .set_faults(json!({"error_rate": 1.0, "endpoints": ["register"]}))
+        .await;
 
     // Past it: False, an Event and the metric, without any spec change.
     eventually(

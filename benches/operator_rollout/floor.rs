@@ -41,6 +41,7 @@ impl Floor {
             tokens: BTreeMap::new(),
             applied_metadata_hash: Some(metadata_hash(&desired, self.dialect)),
             registration_pending: false,
+            ..Default::default()
         };
         let mut status = SmartClientStatus {
             observed_generation: Some(generation),

@@ -106,7 +106,7 @@ pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, Rec
                     ctx.settings.backoff_base,
                 )));
             };
-            match delete(ctx, &server, &credentials).await {
+            match delete_registration(ctx, &server, &credentials).await {
                 Ok(()) => {
                     info!(client = %client.name_any(), %client_id, server = %server_label, "registration deleted");
                     ctx.publish(
@@ -157,7 +157,7 @@ async fn known_record(
 
 /// RFC 7592 DELETE; "already gone" is success. A rejected registration access token is told apart
 /// from a deleted client by the existence probe.
-async fn delete(
+pub(super) async fn delete_registration(
     ctx: &Context,
     server: &ResolvedServer,
     credentials: &StoredCredentials,

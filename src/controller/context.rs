@@ -265,6 +265,7 @@ impl Context {
             self.metrics.forget_tokens_of(uid);
             self.metrics.set_secret_expired(uid, false);
             self.metrics.set_orphans(uid, 0);
+            self.metrics.set_rotation_schedule(uid, None);
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use super::credential_rotation::CredentialStep;
 use super::key_rotation::KeyStep;
 use super::secret::StoredCredentials;
 use crate::crd::{Dialect, RetryStatus, SmartClientStatus, condition};
@@ -35,6 +36,9 @@ pub struct PlanInput<'a> {
     pub signing_key_written: bool,
     /// The next step of a key rotation, and when one is due if none is now (`key_rotation.rs`).
     pub key_step: (Option<KeyStep>, Option<Timestamp>),
+    /// The next step of a credential rotation, and when one is due if none is now
+    /// (`credential_rotation.rs`).
+    pub credential_step: (Option<CredentialStep>, Option<Timestamp>),
     /// Names of the tokens the operator keeps fresh: debug tokens (S4S dialects) and access tokens
     /// (RFC7591), unique across both.
     pub tokens: Vec<&'a str>,
@@ -60,6 +64,11 @@ pub enum Action {
     WriteSigningKey,
     /// A local step of a key rotation (the server is given the keys by an Update in between).
     RotateKey(KeyStep),
+    /// A rotation: register the replacement; the current credentials become the previous ones.
+    RotateCredentials,
+    /// The end of a rotation's overlap: delete (or orphan, recorded) the replaced registration,
+    /// then drop it from the Secret.
+    RetirePrevious,
     /// Check that the server still knows the client.
     ProbeExistence,
     /// Mint the named debug token.
@@ -136,11 +145,17 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
     if let Some(step) = key_step {
         return Action::RotateKey(step);
     }
+    let (credential_step, rotation_due) = input.credential_step;
+    match credential_step {
+        Some(CredentialStep::Replace) => return Action::RotateCredentials,
+        Some(CredentialStep::RetirePrevious) => return Action::RetirePrevious,
+        None => {}
+    }
     if input.now >= input.next_existence_check {
         return Action::ProbeExistence;
     }
     let mut next_wakeup = input.next_existence_check;
-    if let Some(due) = key_due {
+    for due in [key_due, rotation_due].into_iter().flatten() {
         next_wakeup = next_wakeup.min(due);
     }
     for name in &input.tokens {
@@ -270,6 +285,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             applied_metadata_hash: Some("h1".into()),
             registration_pending: false,
+            ..Default::default()
         }
     }
 
@@ -294,6 +310,7 @@ mod tests {
             secret_in_sync: true,
             signing_key_written: true,
             key_step: (None, None),
+            credential_step: (None, None),
             tokens: vec![],
             now: now(),
             next_existence_check: now() + Duration::from_secs(600),
@@ -363,6 +380,28 @@ mod tests {
         i.generation = 2;
         i.desired_hash = "h2";
         assert_eq!(plan_next_action(&i), Action::Update);
+    }
+
+    #[test]
+    fn a_rotation_waits_for_the_secret_and_the_update_and_wakes_the_client_when_due() {
+        let status = healthy_status();
+        let creds = credentials(&[]);
+        let mut i = input(&status, Some(&creds));
+        i.credential_step = (Some(CredentialStep::Replace), None);
+        assert_eq!(plan_next_action(&i), Action::RotateCredentials);
+        i.secret_in_sync = false;
+        assert_eq!(plan_next_action(&i), Action::WriteSecret);
+        i.secret_in_sync = true;
+        i.desired_hash = "h2";
+        assert_eq!(plan_next_action(&i), Action::Update);
+        i.desired_hash = "h1";
+        i.credential_step = (Some(CredentialStep::RetirePrevious), None);
+        assert_eq!(plan_next_action(&i), Action::RetirePrevious);
+        i.credential_step = (None, Some(now() + Duration::from_secs(60)));
+        assert_eq!(
+            plan_next_action(&i),
+            Action::Wait(Some(Duration::from_secs(60)))
+        );
     }
 
     #[test]

@@ -242,6 +242,10 @@ async fn apply(client: &SmartClient, ctx: &Context) -> Result<Requeue, Reconcile
             run.record_not_usable(e.reason(), e.to_string()).await
         }
     };
+    // Whatever the outcome (a rotation that keeps failing, say), a secret past its expiry is
+    // reported; a healthy client's wake-up at the expiry is planned in `drive`, a failing one's
+    // comes with its backoff.
+    run.report_secret_expiry().await;
     // The Secret first: whoever sees Ready finds the credentials.
     if let Err(ReconcileError::SecretWrite(e)) = run.flush().await {
         return run.report_secret_write_failure(&e).await;
@@ -442,6 +446,7 @@ impl Run<'_> {
                 (None, _) => true,
             };
             let token_refs: Vec<&str> = token_names.iter().map(String::as_str).collect();
+            self.report_rotation();
             let action = plan_next_action(&PlanInput {
                 dialect: server.dialect(),
                 generation: self.generation,
@@ -451,6 +456,7 @@ impl Run<'_> {
                 secret_in_sync,
                 signing_key_written: self.signing_key_written(),
                 key_step: self.key_step(),
+                credential_step: self.credential_step(),
                 tokens: token_refs,
                 now: self.now,
                 next_existence_check: self.ctx.next_existence_check(
@@ -505,7 +511,7 @@ impl Run<'_> {
             }
             let needs_initial_token = matches!(
                 action,
-                Action::Register | Action::ReRegister | Action::Replace
+                Action::Register | Action::ReRegister | Action::Replace | Action::RotateCredentials
             );
             // What the server says it offers comes first: a client it cannot serve is not sent.
             if (needs_initial_token || action == Action::Update)
@@ -568,7 +574,10 @@ impl Run<'_> {
                         .record_user_error("UnsupportedByDialect", message)
                         .await);
                 }
-                Action::Register | Action::ReRegister | Action::Replace => {
+                Action::Register
+                | Action::ReRegister
+                | Action::Replace
+                | Action::RotateCredentials => {
                     if !self.announce_registration(&server, &desired.scopes).await? {
                         // The Secret exists after all: plan again from what it holds.
                         self.take_credentials(&token_names);
@@ -626,6 +635,9 @@ impl Run<'_> {
                             .await;
                     }
                 }
+                Action::RetirePrevious => {
+                    self.retire_previous(&server, &desired.scopes).await?;
+                }
                 Action::ProbeExistence => {
                     let auth = auth.as_ref().expect("built above");
                     self.probe(auth, &server, &desired.scopes).await?;
@@ -653,6 +665,13 @@ fn change_of(action: &Action) -> Option<String> {
         }
         Action::Replace => "register a replacement and orphan the current client".to_owned(),
         Action::Update => "update the registration's metadata (RFC 7592)".to_owned(),
+        Action::RotateCredentials => {
+            "rotate the credentials (register a replacement; keep the current ones as previous_*)"
+                .to_owned()
+        }
+        Action::RetirePrevious => {
+            "retire the registration a rotation replaced (delete it, or orphan it)".to_owned()
+        }
         Action::WriteSecret => "write the Secret".to_owned(),
         Action::MintToken(name) => format!("mint debug token {name}"),
         Action::ProbeExistence | Action::Wait(_) | Action::Backoff(_) | Action::AwaitSpecChange => {

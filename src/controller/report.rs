@@ -41,7 +41,7 @@ impl Run<'_> {
             (
                 "ClientSecretExpired",
                 format!(
-                    "the client secret expired at {expires} (client_secret_expires_at): the server refuses it from now on; register the client again (delete its Secret) until rotation is automated"
+                    "the client secret expired at {expires} (client_secret_expires_at): the server refuses it from now on; the operator rotates ahead of the expiry (spec.rotation.refreshBefore), or annotate smart.fhir.dev/rotate-credentials-requested-at to rotate now"
                 ),
             )
         } else {

@@ -8,10 +8,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::credential_rotation::PreviousRegistration;
 use super::key_rotation::HeldKeys;
 use super::secret_template::render_templates;
 use crate::crd::{SecretKeys, SmartClient};
 use crate::keys::SigningKey;
+use k8s_openapi::jiff::Timestamp;
 
 /// Label on every Secret the operator manages; the operator watches only Secrets carrying it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -41,7 +43,7 @@ pub const DEBUG_TOKENS_ANNOTATION: &str = "smart.fhir.dev/debug-tokens";
 pub const REGISTRATION_SENT_ANNOTATION: &str = "smart.fhir.dev/registration-sent-at";
 
 /// Every credential the operator holds for one registration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct StoredCredentials {
     pub client_id: String,
     pub client_secret: Option<SecretString>,
@@ -54,6 +56,49 @@ pub struct StoredCredentials {
     pub applied_metadata_hash: Option<String>,
     /// Chosen by the operator and written before they were posted; not confirmed by the server yet.
     pub registration_pending: bool,
+    /// When this registration was made (the start of its rotation schedule).
+    pub registered_at: Option<Timestamp>,
+    /// The server's `client_secret_expires_at` for the secret held.
+    pub secret_expires_at: Option<Timestamp>,
+    /// The registration a rotation replaced, kept for the overlap (`credential_rotation.rs`).
+    pub previous: Option<PreviousRegistration>,
+    /// The value of `smart.fhir.dev/rotate-credentials-requested-at` whose rotation made these
+    /// credentials: kept with them, so a crash before status says so starts no second rotation.
+    pub handled_rotation_request: Option<String>,
+}
+
+/// Annotation with the facts a rotation is reckoned from (JSON: `registeredAt`,
+/// `secretExpiresAt`, `previousReplacedAt`, `handledRotationRequest`), written with the
+/// credentials they describe.
+pub const LIFECYCLE_ANNOTATION: &str = "smart.fhir.dev/credentials-lifecycle";
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Lifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registered_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_replaced_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handled_rotation_request: Option<String>,
+}
+
+fn lifecycle_annotation(record: &StoredCredentials) -> Option<String> {
+    let lifecycle = Lifecycle {
+        registered_at: record.registered_at,
+        secret_expires_at: record.secret_expires_at,
+        previous_replaced_at: record.previous.as_ref().map(|p| p.replaced_at),
+        handled_rotation_request: record.handled_rotation_request.clone(),
+    };
+    let text = serde_json::to_string(&lifecycle).ok()?;
+    (text != "{}").then_some(text)
+}
+
+/// The name of a previous registration's key: `previous_` and the current key's (renamed) name.
+fn previous_key(name: &str) -> String {
+    format!("previous_{name}")
 }
 
 /// One debug token as kept in the Secret.
@@ -194,6 +239,21 @@ pub fn render_data(
     if let Some(uri) = &credentials.registration_client_uri {
         put(&keys.registration_client_uri, uri);
     }
+    if let Some(previous) = &credentials.previous {
+        put(&previous_key(&keys.client_id), &previous.client_id);
+        if let Some(secret) = &previous.client_secret {
+            put(&previous_key(&keys.client_secret), secret.expose_secret());
+        }
+        if let Some(token) = &previous.registration_access_token {
+            put(
+                &previous_key(&keys.registration_access_token),
+                token.expose_secret(),
+            );
+        }
+        if let Some(uri) = &previous.registration_client_uri {
+            put(&previous_key(&keys.registration_client_uri), uri);
+        }
+    }
     if let Some(endpoint) = &public.token_endpoint {
         put(&keys.token_endpoint, endpoint);
     }
@@ -313,7 +373,7 @@ pub fn read_signing_keys(observed: &Secret, client: &SmartClient) -> Option<Held
         .get(SIGNING_KEY_SINCE_ANNOTATION)
         .and_then(|t| t.parse().ok())
         .or_else(|| observed.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+        .unwrap_or_else(Timestamp::now);
     Some(HeldKeys {
         current: key(&private_key)?,
         current_since,
@@ -446,6 +506,9 @@ fn record_annotations(record: Option<&StoredCredentials>) -> BTreeMap<String, St
     if record.registration_pending {
         annotations.insert(REGISTRATION_PENDING_ANNOTATION.into(), "true".into());
     }
+    if let Some(lifecycle) = lifecycle_annotation(record) {
+        annotations.insert(LIFECYCLE_ANNOTATION.into(), lifecycle);
+    }
     if !record.tokens.is_empty() {
         let names: Vec<&str> = record.tokens.keys().map(String::as_str).collect();
         annotations.insert(DEBUG_TOKENS_ANNOTATION.into(), names.join(","));
@@ -457,14 +520,27 @@ fn record_annotations(record: Option<&StoredCredentials>) -> BTreeMap<String, St
 fn credentials_digest(record: &StoredCredentials) -> String {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
-    for part in [
+    let previous = record.previous.as_ref();
+    let mut parts = vec![
         Some(record.client_id.as_str()),
         record.client_secret.as_ref().map(|s| s.expose_secret()),
         record
             .registration_access_token
             .as_ref()
             .map(|s| s.expose_secret()),
-    ] {
+    ];
+    // A replaced registration's credentials are guarded too (records without one hash as before).
+    if let Some(previous) = previous {
+        parts.extend([
+            Some(previous.client_id.as_str()),
+            previous.client_secret.as_ref().map(|s| s.expose_secret()),
+            previous
+                .registration_access_token
+                .as_ref()
+                .map(|s| s.expose_secret()),
+        ]);
+    }
+    for part in parts {
         // Length-prefixed, so no two different records hash the same input.
         let part = part.unwrap_or_default();
         digest.update((part.len() as u64).to_be_bytes());
@@ -496,6 +572,7 @@ pub fn is_in_sync(
         REGISTRATION_PENDING_ANNOTATION,
         DEBUG_TOKENS_ANNOTATION,
         CREDENTIALS_DIGEST_ANNOTATION,
+        LIFECYCLE_ANNOTATION,
     ]
     .iter()
     .all(|key| {
@@ -539,6 +616,11 @@ pub fn read_credentials(
     };
     let secret = |key: &str| text(key).map(SecretString::from);
     let client_id = text(&keys.client_id)?;
+    let lifecycle: Lifecycle = observed
+        .annotations()
+        .get(LIFECYCLE_ANNOTATION)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
     let tokens = token_names
         .iter()
         .filter_map(|name| {
@@ -566,6 +648,21 @@ pub fn read_credentials(
             .annotations()
             .get(REGISTRATION_PENDING_ANNOTATION)
             .is_some_and(|v| v == "true"),
+        // Secrets written before the lifecycle was kept: registered when the Secret was made.
+        registered_at: lifecycle
+            .registered_at
+            .or_else(|| observed.metadata.creation_timestamp.as_ref().map(|t| t.0)),
+        secret_expires_at: lifecycle.secret_expires_at,
+        previous: text(&previous_key(&keys.client_id)).map(|client_id| PreviousRegistration {
+            client_id,
+            client_secret: secret(&previous_key(&keys.client_secret)),
+            registration_access_token: secret(&previous_key(&keys.registration_access_token)),
+            registration_client_uri: text(&previous_key(&keys.registration_client_uri)),
+            replaced_at: lifecycle
+                .previous_replaced_at
+                .unwrap_or_else(Timestamp::now),
+        }),
+        handled_rotation_request: lifecycle.handled_rotation_request,
     };
     let digest = observed.annotations().get(CREDENTIALS_DIGEST_ANNOTATION);
     digest
@@ -635,6 +732,7 @@ mod tests {
             )]),
             applied_metadata_hash: Some("h1".into()),
             registration_pending: false,
+            ..Default::default()
         }
     }
 

@@ -32,6 +32,14 @@ impl Run<'_> {
         action: Action,
     ) -> Result<(), ReconcileError> {
         let previous_client_id = self.status.client_id.clone();
+        // A rotation: the credentials held now are kept, as the previous registration, beside the
+        // replacement's in the write that takes in its answer.
+        let rotating_out = (action == Action::RotateCredentials)
+            .then(|| self.outgoing_registration())
+            .flatten();
+        let handled_request = rotating_out
+            .as_ref()
+            .and_then(|_| self.credential_rotation_request());
         // S4SLegacy: the caller chooses the id and secret. Persist them before posting, so a crash between
         // the two cannot lose a registered secret.
         let chosen = if server.dialect() == Dialect::S4sLegacy {
@@ -39,6 +47,10 @@ impl Run<'_> {
             if action == Action::Replace && self.client.spec.client_id.is_none() {
                 let hex = desired_hash.rsplit('-').next().unwrap_or(desired_hash);
                 client_id = format!("{client_id}.{}", &hex[..8.min(hex.len())]);
+            }
+            // A rotation's replacement needs an id of its own (the metadata is unchanged).
+            if rotating_out.is_some() {
+                client_id = format!("{client_id}.r{:08x}", rand::random::<u32>());
             }
             // A choice persisted earlier but never confirmed (a crash or a failure after it was
             // written) is posted again as it is: the server may hold it already.
@@ -63,6 +75,12 @@ impl Run<'_> {
                 // Not registered yet: no metadata is applied until the server says so.
                 applied_metadata_hash: None,
                 registration_pending: true,
+                // The credentials it replaces stay in the Secret while the choice is unconfirmed.
+                previous: rotating_out
+                    .clone()
+                    .or_else(|| self.credentials.as_ref().and_then(|c| c.previous.clone())),
+                handled_rotation_request: handled_request.clone(),
+                ..Default::default()
             };
             self.credentials = Some(chosen.clone());
             self.persist(server, &desired.scopes);
@@ -103,12 +121,32 @@ impl Run<'_> {
         };
         self.registration_sent_at = None;
         self.accept_registration(registered, server, desired_hash);
+        if let (Some(outgoing), Some(record)) = (&rotating_out, self.credentials.as_mut()) {
+            record.previous = Some(outgoing.clone());
+            record.handled_rotation_request = handled_request.clone();
+        }
+        self.report_rotation();
         self.report_granted_scopes(&desired.scopes).await;
         self.persist(server, &desired.scopes);
         self.status.retry = None;
         self.ctx.schedule_existence_check(&self.uid, self.now);
         let client_id = self.status.client_id.clone().unwrap_or_default();
         let (reason, note) = match action {
+            Action::RotateCredentials => (
+                "CredentialsRotated",
+                format!(
+                    "registered {client_id} to replace {}: the Secret holds the new credentials, and the replaced ones as previous_* until {}, when that registration is retired",
+                    rotating_out
+                        .as_ref()
+                        .map(|o| o.client_id.as_str())
+                        .unwrap_or_default(),
+                    self.status
+                        .previous_client
+                        .as_ref()
+                        .map(|p| p.retires_at.0.to_string())
+                        .unwrap_or_default()
+                ),
+            ),
             Action::Replace => {
                 if let Some(old) = previous_client_id.filter(|old| *old != client_id) {
                     self.record_orphan(&old, "Replaced", self.now);
@@ -262,7 +300,22 @@ impl Run<'_> {
         // Servers answer updates with less than registrations (Keycloak sends client_id_issued_at only
         // on create; some servers omit an unchanged token): keep what the answer does not replace.
         let new_secret = client_secret.is_some();
+        // A rotation's replaced registration stays held (across a replacement, or a re-registration
+        // after the server forgot the current one) until it is retired.
+        let outgoing = self.credentials.as_ref().or(self.forgotten.as_ref());
+        let replaced = outgoing
+            .and_then(|c| c.previous.clone())
+            .filter(|p| p.client_id != client_id);
+        let handled_rotation_request = outgoing.and_then(|c| c.handled_rotation_request.clone());
         let previous = self.credentials.take().filter(|p| p.client_id == client_id);
+        let secret_expires_at = client_secret_expires_at
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .or_else(|| {
+                previous
+                    .as_ref()
+                    .filter(|_| !new_secret)
+                    .and_then(|p| p.secret_expires_at)
+            });
         let registration_client_uri = registration_client_uri.or_else(|| {
             previous
                 .as_ref()
@@ -281,6 +334,13 @@ impl Run<'_> {
             tokens: keep_tokens.unwrap_or_default(),
             applied_metadata_hash: Some(desired_hash.to_owned()),
             registration_pending: false,
+            registered_at: previous
+                .as_ref()
+                .and_then(|p| p.registered_at)
+                .or(Some(self.now)),
+            secret_expires_at,
+            previous: replaced,
+            handled_rotation_request,
         });
         let same_client = previous.is_some();
         self.status.client_id = Some(client_id);

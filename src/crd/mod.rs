@@ -19,9 +19,9 @@ pub use auth_server::{
 };
 pub use smart_client::{
     AccessToken, AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
-    DeletionPolicy, GrantType, OrphanedClient, RESERVED_METADATA_FIELDS, RetryStatus, SecretKeys,
-    SecretSpec, SigningKeySpec, SigningKeyStatus, SmartClient, SmartClientSpec, SmartClientStatus,
-    TokenEndpointAuthMethod,
+    DeletionPolicy, GrantType, OrphanedClient, PreviousClientStatus, RESERVED_METADATA_FIELDS,
+    RetryStatus, RotationSpec, SecretKeys, SecretSpec, SigningKeySpec, SigningKeyStatus,
+    SmartClient, SmartClientSpec, SmartClientStatus, TokenEndpointAuthMethod,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -116,6 +116,14 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     .message("a debug token's keys (<name>_access_token, <name>_refresh_token, <name>_expires_at) would overwrite another Secret key (client_id, client_secret, registration_access_token, ... or their names in secret.keys): rename the token or the key")
     .field_path(".debugTokens")
     .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.rotation) || !has(self.tokenEndpointAuthMethod) || self.tokenEndpointAuthMethod in ['client_secret_basic', 'client_secret_post']")
+    .message("rotation replaces a client secret: it goes with tokenEndpointAuthMethod client_secret_basic or client_secret_post (a private_key_jwt client rotates its key with signingKey.rotateEvery)")
+    .field_path(".rotation")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.rotation) || !has(self.clientId)")
+    .message("rotation registers a replacement client under a new id; spec.clientId fixes the id: leave one of them out")
+    .field_path(".rotation")
+    .reason(Reason::FieldValueInvalid))]
 pub struct SmartClientSpec {
     /// The auth server to register with: a SmartAuthServer of this namespace or a
     /// ClusterSmartAuthServer that admits this namespace. Immutable.
@@ -213,6 +221,16 @@ pub struct SmartClientSpec {
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub access_tokens: Option<Vec<AccessToken>>,
+
+    /// Rotation of the client's credentials: a replacement registration every `every`, on demand
+    /// (the annotation `smart.fhir.dev/rotate-credentials-requested-at: <any new value>`), and
+    /// `refreshBefore` the secret expires where the server gave it an expiry (the last also without
+    /// this field). The new credentials become `client_id`/`client_secret`, the replaced ones stay in
+    /// the Secret as `previous_client_id`/`previous_client_secret` for `overlap`, then the replaced
+    /// registration is deleted (RFC 7592; S4S dialects cannot delete, and orphan it, recorded).
+    /// For clients with a client secret only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSpec>,
 
     /// What happens to the registration when this SmartClient is deleted: `Delete` (default) removes
     /// it from the auth server (RFC 7592 DELETE); `Orphan` leaves it there. S4S dialects cannot delete
@@ -316,6 +334,46 @@ pub struct SigningKeySpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
         .message("overlap must be at least 1s"))]
     pub overlap: Option<kube::core::Duration>,
+}
+
+/// When a client's credentials are replaced by a new registration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.every) || !has(self.overlap) || duration(self.overlap) < duration(self.every)")
+    .message("overlap must be shorter than every")
+    .field_path(".overlap")
+    .reason(Reason::FieldValueInvalid))]
+pub struct RotationSpec {
+    /// Replace the credentials this often (a Go duration, e.g. `2160h`), counted from when the
+    /// current ones were registered; default never (only on request or ahead of expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')")
+        .message("every must be at least 10s"))]
+    pub every: Option<kube::core::Duration>,
+    /// How long the replaced credentials stay registered and in the Secret (as `previous_*`), so
+    /// apps that have not read the new ones yet keep working. Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("overlap must be at least 1s"))]
+    pub overlap: Option<kube::core::Duration>,
+    /// How long before the server's `client_secret_expires_at` to rotate. Default: a fifth of the
+    /// secret's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("refreshBefore must be at least 1s"))]
+    pub refresh_before: Option<kube::core::Duration>,
+}
+
+/// The registration a rotation replaced, while it is kept for the overlap. Never its secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousClientStatus {
+    /// Its client id, as `previous_client_id` in the Secret.
+    pub client_id: String,
+    /// When the current credentials replaced it.
+    pub replaced_at: Time,
+    /// When it is deleted from the server (or orphaned where the dialect cannot delete).
+    pub retires_at: Time,
 }
 
 /// One key of a `private_key_jwt` client. Never the key itself.
@@ -661,6 +719,17 @@ pub struct SmartClientStatus {
     /// on (the rotation it started).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_key_rotation_at: Option<String>,
+    /// When the credentials are rotated next (`spec.rotation.every`, or ahead of the secret's
+    /// expiry); none when nothing schedules it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_at: Option<Time>,
+    /// The last value of the annotation `smart.fhir.dev/rotate-credentials-requested-at` the
+    /// operator acted on (the rotation it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_rotation_at: Option<String>,
+    /// The registration the last rotation replaced, while it is kept for the overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_client: Option<PreviousClientStatus>,
 }
 
 /// State of one debug token. The token itself is only in the Secret.
