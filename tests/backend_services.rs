@@ -405,6 +405,48 @@ async fn a_requested_rotation_resumes_after_the_operator_is_killed_after_each_st
     );
 }
 
+/// A key rotation whose first step reaches the Secret while status cannot be written, then a crash:
+/// the restarted operator finds the request handled in the Secret and starts no second rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_request_is_handled_once_across_a_crash_before_status_says_so() {
+    let mut s = setup("backend-once", DevDialect::Rfc7591, &[]).await;
+    let mut client = backend_service("export", "ES384");
+    client["spec"]["signingKey"]["overlap"] = json!("1h");
+    create(&s.client, Some(&s.ns), client).await.unwrap();
+    wait_for_ready(&s.client, &s.ns, "export", "True", "Ready").await;
+    let (old, _) = key_in_secret(&s, "export", SigningAlgorithm::ES384).await;
+    let policy = refuse_status_writes(&s).await;
+    annotate(
+        &s,
+        "export",
+        "smart.fhir.dev/rotate-key-requested-at",
+        Some("once"),
+    )
+    .await;
+    let secs = std::time::Duration::from_secs;
+    let new = eventually("the new key is current", secs(30), || async {
+        let current = secret_key(&s, "export", "").await?;
+        (current.kid() != old.kid()).then_some(current)
+    })
+    .await;
+    s.operator.kill_hard();
+    allow_writes(&policy);
+    s.operator.restart();
+    eventually("status catches up from the Secret", secs(30), || async {
+        let status = api(&s).get("export").await.ok()?.status?;
+        (status.last_handled_key_rotation_at.as_deref() == Some("once")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(secs(3)).await;
+    let current = secret_key(&s, "export", "").await.unwrap();
+    let previous = secret_key(&s, "export", "previous_").await.unwrap();
+    assert_eq!(
+        (current.kid(), previous.kid()),
+        (new.kid(), old.kid()),
+        "no second rotation"
+    );
+}
+
 /// `rotateEvery`: the key rotates by itself, and again after the next interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotates_on_schedule() {

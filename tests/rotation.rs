@@ -296,3 +296,55 @@ async fn rotation_is_refused_at_admission_for_clients_without_a_secret_to_rotate
         "{err}"
     );
 }
+
+/// The rotation's answer reaches the Secret but status cannot be written, and the operator dies:
+/// the restarted operator finds the request handled in the Secret and rotates no second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_request_is_handled_once_across_a_crash_before_status_says_so() {
+    let mut s = setup("rotate-crash", DevDialect::Rfc7591, &[]).await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"rotation": {"overlap": "1h"}})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let old_id = secret_value(
+        &get_secret(&s.client, &s.ns, "app-smart-client")
+            .await
+            .unwrap(),
+        "client_id",
+    )
+    .unwrap();
+    let policy = refuse_status_writes(&s).await;
+    annotate(&s, "app", ROTATE, Some("once")).await;
+    let rotated = wait_for_new_credentials(&s, &old_id).await;
+    let new_id = secret_value(&rotated, "client_id").unwrap();
+    let registrations = s.server.count("register").await;
+    s.operator.kill_hard();
+    allow_writes(&policy);
+    s.operator.restart();
+    eventually(
+        "status catches up from the Secret",
+        Duration::from_secs(30),
+        || async {
+            let status = api(&s).get("app").await.ok()?.status?;
+            (status.client_id.as_deref() == Some(new_id.as_str())
+                && status.last_handled_rotation_at.as_deref() == Some("once"))
+            .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.server.count("register").await,
+        registrations,
+        "no second rotation"
+    );
+    let secret = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert_eq!(secret_value(&secret, "client_id"), Some(new_id));
+    assert_eq!(secret_value(&secret, "previous_client_id"), Some(old_id));
+}

@@ -323,47 +323,6 @@ async fn secret_labels_and_annotations_that_no_secret_could_carry_are_refused_at
     assert_eq!(s.server.count("register").await, 0);
 }
 
-/// A ValidatingAdmissionPolicy refusing status writes of SmartClients in the namespace: the operator's
-/// status write fails after the Secret write succeeded (review C3, window W2).
-async fn refuse_status_writes(s: &Setup) -> String {
-    let refusal = Refusal {
-        group: "smart.fhir.dev",
-        resource: "smartclients/status",
-        operations: &["UPDATE"],
-        allowed: "false",
-        message: "status refused by the test's admission policy",
-    };
-    let name = refuse_writes(&s.client, &s.ns, "refuse-status", &refusal).await;
-    // In force once a SmartClient's status write is refused.
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("status-probe", json!({"authServerRef": {"name": "none"}})),
-    )
-    .await
-    .unwrap();
-    let clients = api(s);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let patch = kube::api::Patch::Merge(json!({"status": {"observedGeneration": 0}}));
-        let written = clients
-            .patch_status("status-probe", &kube::api::PatchParams::default(), &patch)
-            .await;
-        if written.is_err_and(|e| e.to_string().contains("status refused")) {
-            clients
-                .delete("status-probe", &DeleteParams::default())
-                .await
-                .unwrap();
-            return name;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the status policy never took effect"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s4s_client_whose_status_cannot_be_written_is_registered_once_across_a_crash() {
     let mut s = setup("wal-status", DevDialect::S4s, &[]).await;

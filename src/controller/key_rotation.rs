@@ -30,6 +30,9 @@ pub struct HeldKeys {
     pub next: Option<SigningKey>,
     /// The key `current` replaced: trusted by the server until the overlap ends.
     pub previous: Option<SigningKey>,
+    /// The value of `smart.fhir.dev/rotate-key-requested-at` whose rotation these keys come from:
+    /// kept with them in the Secret, so a crash before status says so starts no second rotation.
+    pub handled_request: Option<String>,
 }
 
 /// The next local step of a rotation (the PUTs between them come from the metadata hash).
@@ -137,6 +140,7 @@ mod tests {
             current_since: t0,
             next: None,
             previous: None,
+            handled_request: None,
         };
         // Not due: look again when it is.
         assert_eq!(
@@ -199,6 +203,7 @@ mod tests {
             current_since: t0,
             next: None,
             previous: None,
+            handled_request: None,
         };
         let mut p = policy();
         p.rotate_every = None;

@@ -319,6 +319,8 @@ pub fn render_data(
 /// Annotation with the time the Secret's `private_key` became the key apps sign with (the start of
 /// the rotation schedule and of a replaced key's overlap).
 pub const SIGNING_KEY_SINCE_ANNOTATION: &str = "smart.fhir.dev/signing-key-since";
+/// Annotation with the key rotation request the Secret's keys were made for (see `HeldKeys`).
+pub const KEY_ROTATION_HANDLED_ANNOTATION: &str = "smart.fhir.dev/rotate-key-request-handled";
 
 /// A private_key_jwt client's keys in the Secret's data: the current key as `private_key` with its
 /// kid as `key_id`, a rotation's next key and a replaced key under `next_`/`previous_` names.
@@ -353,6 +355,11 @@ pub fn annotate_signing_keys(secret: &mut Secret, held: Option<&HeldKeys>) {
             SIGNING_KEY_SINCE_ANNOTATION.into(),
             held.current_since.to_string(),
         );
+        if let Some(handled) = &held.handled_request {
+            secret
+                .annotations_mut()
+                .insert(KEY_ROTATION_HANDLED_ANNOTATION.into(), handled.clone());
+        }
     }
 }
 
@@ -379,6 +386,10 @@ pub fn read_signing_keys(observed: &Secret, client: &SmartClient) -> Option<Held
         current_since,
         next: key(&format!("next_{private_key}")),
         previous: key(&format!("previous_{private_key}")),
+        handled_request: observed
+            .annotations()
+            .get(KEY_ROTATION_HANDLED_ANNOTATION)
+            .cloned(),
     })
 }
 
@@ -400,6 +411,8 @@ pub fn signing_keys_in_secret(observed: &Secret, client: &SmartClient, held: &He
             .all(|k| wanted.contains_key(k))
         && observed.annotations().get(SIGNING_KEY_SINCE_ANNOTATION)
             == Some(&held.current_since.to_string())
+        && observed.annotations().get(KEY_ROTATION_HANDLED_ANNOTATION)
+            == held.handled_request.as_ref()
 }
 
 /// The whole Secret object for server-side apply: owned by the SmartClient (so it is garbage-collected

@@ -58,8 +58,13 @@ impl Run<'_> {
 
     fn rotation_request(&self) -> Option<String> {
         let requested = self.client.annotations().get(ROTATE_KEY_ANNOTATION)?;
-        (self.status.last_handled_key_rotation_at.as_ref() != Some(requested))
-            .then(|| requested.clone())
+        let handled_with_keys = self
+            .signing_keys
+            .as_ref()
+            .and_then(|k| k.handled_request.as_ref());
+        let handled = handled_with_keys == Some(requested)
+            || self.status.last_handled_key_rotation_at.as_ref() == Some(requested);
+        (!handled).then(|| requested.clone())
     }
 
     /// The keys the server should trust now (none for clients without keys).
@@ -136,6 +141,7 @@ impl Run<'_> {
                 current_since: Timestamp::now(),
                 next: None,
                 previous: None,
+                handled_request: None,
             });
         }
         if self.observed_secret.is_some() {
@@ -165,7 +171,7 @@ impl Run<'_> {
                 let algorithm =
                     wanted_signing_algorithm(self.client).unwrap_or(held.current.algorithm());
                 if let Some(requested) = self.rotation_request() {
-                    self.status.last_handled_key_rotation_at = Some(requested);
+                    held.handled_request = Some(requested);
                 }
                 let next = self
                     .make_key(algorithm, "the next key of a rotation")
@@ -247,6 +253,13 @@ impl Run<'_> {
 
     /// `status.signingKeys` from the keys held.
     fn report_signing_keys(&mut self) {
+        if let Some(handled) = self
+            .signing_keys
+            .as_ref()
+            .and_then(|k| k.handled_request.clone())
+        {
+            self.status.last_handled_key_rotation_at = Some(handled);
+        }
         self.status.signing_keys = match &self.signing_keys {
             None => Vec::new(),
             Some(held) => {

@@ -101,3 +101,44 @@ pub async fn annotate(s: &Setup, name: &str, key: &str, value: Option<&str>) {
         .await
         .unwrap();
 }
+
+/// A ValidatingAdmissionPolicy refusing status writes of SmartClients in the namespace: the operator's
+/// status write fails after the Secret write succeeded (review C3, window W2).
+pub async fn refuse_status_writes(s: &Setup) -> String {
+    let refusal = super::Refusal {
+        group: "smart.fhir.dev",
+        resource: "smartclients/status",
+        operations: &["UPDATE"],
+        allowed: "false",
+        message: "status refused by the test's admission policy",
+    };
+    let name = super::refuse_writes(&s.client, &s.ns, "refuse-status", &refusal).await;
+    // In force once a SmartClient's status write is refused.
+    super::create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("status-probe", json!({"authServerRef": {"name": "none"}})),
+    )
+    .await
+    .unwrap();
+    let clients = api(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let patch = kube::api::Patch::Merge(json!({"status": {"observedGeneration": 0}}));
+        let written = clients
+            .patch_status("status-probe", &kube::api::PatchParams::default(), &patch)
+            .await;
+        if written.is_err_and(|e| e.to_string().contains("status refused")) {
+            clients
+                .delete("status-probe", &kube::api::DeleteParams::default())
+                .await
+                .unwrap();
+            return name;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the status policy never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
