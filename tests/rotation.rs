@@ -348,3 +348,28 @@ async fn a_rotation_request_is_handled_once_across_a_crash_before_status_says_so
     assert_eq!(secret_value(&secret, "client_id"), Some(new_id));
     assert_eq!(secret_value(&secret, "previous_client_id"), Some(old_id));
 }
+
+/// A SmartClient deleted during an overlap takes both registrations with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_client_during_the_overlap_deletes_the_replaced_registration_too() {
+    let s = setup("rotate-delete", DevDialect::Rfc7591, &[]).await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"rotation": {"overlap": "1h"}})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let old_id = secret_value(
+        &get_secret(&s.client, &s.ns, "app-smart-client")
+            .await
+            .unwrap(),
+        "client_id",
+    )
+    .unwrap();
+    annotate(&s, "app", ROTATE, Some("1")).await;
+    wait_for_new_credentials(&s, &old_id).await;
+    assert_eq!(s.server.clients().await.len(), 2);
+    delete_and_expect_registration_gone(&s, "app").await;
+}

@@ -83,6 +83,9 @@ pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, Rec
     match step {
         DeletionStep::LetGo => Ok(let_go(ctx, &uid)),
         DeletionStep::Orphan(reason) => {
+            if let Some(previous) = credentials.as_ref().and_then(|c| c.previous.as_ref()) {
+                announce_orphan(client, ctx, &previous.client_id, &server_label, &reason);
+            }
             orphan(client, ctx, &uid, &client_id, &server_label, &reason);
             Ok(Cleanup::Done)
         }
@@ -106,6 +109,38 @@ pub async fn cleanup(client: &SmartClient, ctx: &Context) -> Result<Cleanup, Rec
                     ctx.settings.backoff_base,
                 )));
             };
+            // A rotation's replaced registration goes first, by the same rules; while it cannot be
+            // deleted (a retryable failure) the finalizer stays, so it is never left untracked.
+            if let Some(previous) = &credentials.previous {
+                let previous_id = previous.client_id.clone();
+                match delete_registration(ctx, &server, &previous.as_record()).await {
+                    Ok(()) => {
+                        info!(client = %client.name_any(), client_id = %previous_id, "replaced registration deleted");
+                    }
+                    Err(AuthServerError::NotLeader) => {
+                        return Err(AuthServerError::NotLeader.into());
+                    }
+                    Err(error) => match after_failed_delete(error.class()) {
+                        FailedDelete::LetGoAsRefused => {
+                            let reason = OrphanReason::Refused(error.to_string());
+                            announce_orphan(client, ctx, &previous_id, &server_label, &reason);
+                        }
+                        FailedDelete::Retry => {
+                            let why = error.to_string();
+                            return record_failure(
+                                client,
+                                ctx,
+                                &previous_id,
+                                status,
+                                now,
+                                &why,
+                                error.reason(),
+                            )
+                            .await;
+                        }
+                    },
+                }
+            }
             match delete_registration(ctx, &server, &credentials).await {
                 Ok(()) => {
                     info!(client = %client.name_any(), %client_id, server = %server_label, "registration deleted");
@@ -198,6 +233,18 @@ fn orphan(
     server: &str,
     reason: &OrphanReason,
 ) {
+    announce_orphan(client, ctx, client_id, server, reason);
+    let_go(ctx, uid);
+}
+
+/// The Event and log line of one registration left on the server.
+fn announce_orphan(
+    client: &SmartClient,
+    ctx: &Context,
+    client_id: &str,
+    server: &str,
+    reason: &OrphanReason,
+) {
     let note = reason.note(client_id);
     info!(client = %client.name_any(), %client_id, %server, %note, "registration orphaned");
     ctx.events.publish(
@@ -210,7 +257,6 @@ fn orphan(
         },
         client.object_ref(&()),
     );
-    let_go(ctx, uid);
 }
 
 /// A failed attempt: backoff in status, `DeletionBlocked` once the failures are many, and retries go

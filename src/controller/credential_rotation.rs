@@ -34,6 +34,19 @@ pub struct PreviousRegistration {
     pub replaced_at: Timestamp,
 }
 
+impl PreviousRegistration {
+    /// As a record of its own, for the calls that delete it.
+    pub fn as_record(&self) -> super::secret::StoredCredentials {
+        super::secret::StoredCredentials {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            registration_access_token: self.registration_access_token.clone(),
+            registration_client_uri: self.registration_client_uri.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// What the spec asks of rotation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RotationPolicy {

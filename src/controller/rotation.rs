@@ -19,7 +19,6 @@ use super::credential_rotation::{
 use super::deletion::{FailedDelete, after_failed_delete};
 use super::reconcile::{ReconcileError, Run};
 use super::resolve::ResolvedServer;
-use super::secret::StoredCredentials;
 use crate::authserver::AuthServerError;
 use crate::crd::{PreviousClientStatus, TokenEndpointAuthMethod};
 
@@ -182,14 +181,7 @@ impl Run<'_> {
             && previous.registration_access_token.is_some()
             && previous.registration_client_uri.is_some();
         let orphan_reason = if deletable {
-            let record = StoredCredentials {
-                client_id: client_id.clone(),
-                client_secret: previous.client_secret.clone(),
-                registration_access_token: previous.registration_access_token.clone(),
-                registration_client_uri: previous.registration_client_uri.clone(),
-                ..Default::default()
-            };
-            match delete_registration(self.ctx, server, &record).await {
+            match delete_registration(self.ctx, server, &previous.as_record()).await {
                 Ok(()) => None,
                 Err(e @ AuthServerError::NotLeader) => return Err(e.into()),
                 Err(e) => match after_failed_delete(e.class()) {
