@@ -454,3 +454,108 @@ async fn legacy_debug_token_lives_its_lifetime_and_is_re_minted_refresh_before_e
         "re-minted on schedule: {mints} mints"
     );
 }
+
+/// A requested rotation: a replacement registered once, both credentials accepted by the real server
+/// during the overlap, a debug token for the new client that works, then the replaced client leaves
+/// the Secret and is recorded as orphaned (S4S dialects cannot delete).
+async fn rotation_replaces_keeps_the_old_for_the_overlap_and_orphans_it(version: Version) {
+    let s = setup(&format!("real-rotate-{}", version.as_str()), version, &[]).await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"rotation": {"overlap": "3s"}})),
+    )
+    .await
+    .unwrap();
+    let (_, before) = ready_client_and_secret(&s, "app").await;
+    let old_id = secret_value(&before, "client_id").unwrap();
+    let old_secret = secret_value(&before, "client_secret").unwrap();
+    api(&s)
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {
+                "smart.fhir.dev/rotate-credentials-requested-at": "2026-12-02T00:00:00Z"}}})),
+        )
+        .await
+        .unwrap();
+    let rotated = eventually(
+        "new credentials beside the old",
+        Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
+            (secret_value(&secret, "client_id")? != old_id
+                && secret_value(&secret, "previous_client_id")? == old_id
+                && secret_value(&secret, "daniel_access_token").is_some())
+            .then_some(secret)
+        },
+    )
+    .await;
+    let new_id = secret_value(&rotated, "client_id").unwrap();
+    let new_secret = secret_value(&rotated, "client_secret").unwrap();
+    assert_eq!(
+        secret_value(&rotated, "previous_client_secret").as_deref(),
+        Some(old_secret.as_str())
+    );
+    // The real server knows both: a made-up refresh token is the only thing wrong with each.
+    assert_eq!(
+        probe_error(&s.server, &new_id, &new_secret).await,
+        "invalid_grant"
+    );
+    assert_eq!(
+        probe_error(&s.server, &old_id, &old_secret).await,
+        "invalid_grant"
+    );
+    let token = eventually(
+        "a debug token of the new client",
+        Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
+            let token = secret_value(&secret, "daniel_access_token")?;
+            (token != secret_value(&before, "daniel_access_token")?).then_some(token)
+        },
+    )
+    .await;
+    assert_token_works_at_the_fhir_api(&s.server, &token).await;
+
+    let status = eventually(
+        "the replaced client is recorded",
+        Duration::from_secs(30),
+        || async {
+            let status = api(&s).get("app").await.ok()?.status?;
+            status
+                .orphaned_clients
+                .iter()
+                .any(|o| o.client_id == old_id && o.reason == "Rotated")
+                .then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status.client_id.as_deref(), Some(new_id.as_str()));
+    eventually(
+        "previous_* leave the Secret",
+        Duration::from_secs(10),
+        || async {
+            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
+            secret_value(&secret, "previous_client_id")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.server.registrations(),
+        2,
+        "one registration for one rotation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_rotation_keeps_the_old_credentials_for_the_overlap_then_orphans_them() {
+    rotation_replaces_keeps_the_old_for_the_overlap_and_orphans_it(Version::Legacy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_rotation_keeps_the_old_credentials_for_the_overlap_then_orphans_them() {
+    rotation_replaces_keeps_the_old_for_the_overlap_and_orphans_it(Version::Current).await;
+}

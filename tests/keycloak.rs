@@ -483,3 +483,92 @@ async fn operator_registers_a_keycloak_backend_service_whose_secret_key_gets_tok
     drop(rsa);
     delete_and_wait_until_gone(&client, &ns, "export").await;
 }
+
+fn credentials_in(secret: &k8s_openapi::api::core::v1::Secret, prefix: &str) -> ClientCredentials {
+    let value = |key: &str| secret_value(secret, &format!("{prefix}{key}"));
+    ClientCredentials {
+        client_id: value("client_id").unwrap(),
+        client_secret: value("client_secret").map(SecretString::from),
+        registration_access_token: value("registration_access_token").map(SecretString::from),
+        registration_client_uri: value("registration_client_uri"),
+        client_assertion: None,
+    }
+}
+
+/// A requested rotation on Keycloak: the replacement is registered, both clients authenticate
+/// during the overlap, then the replaced one is deleted with its registration access token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_rotates_a_keycloak_client_and_deletes_the_replaced_one_after_the_overlap() {
+    let (client, ns, _operator) = namespace_with_operator("keycloak-rotate").await;
+    create(&client, Some(&ns), json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "app"},
+        "spec": {"authServerRef": {"name": "keycloak"}, "redirectUris": ["https://app.example.org/callback"],
+                 "scopes": ["launch/patient", "patient/*.read"], "rotation": {"overlap": "5s"}},
+    }))
+    .await
+    .unwrap();
+    wait_for_ready(&client, &ns, "app", "True", "Ready").await;
+    let old = credentials_in(
+        &get_secret(&client, &ns, "app-smart-client").await.unwrap(),
+        "",
+    );
+    let apps: Api<SmartClient> = Api::namespaced(client.clone(), &ns);
+    apps.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {
+            "smart.fhir.dev/rotate-credentials-requested-at": "now"}}})),
+    )
+    .await
+    .unwrap();
+    let rotated = eventually(
+        "the replacement in the Secret",
+        Duration::from_secs(30),
+        || async {
+            let secret = get_secret(&client, &ns, "app-smart-client").await?;
+            (secret_value(&secret, "client_id")? != old.client_id).then_some(secret)
+        },
+    )
+    .await;
+    let new = credentials_in(&rotated, "");
+    let previous = credentials_in(&rotated, "previous_");
+    assert_eq!(previous.client_id, old.client_id);
+    let keycloak = keycloak(None);
+    assert_eq!(keycloak.probe(&new).await.unwrap(), Existence::Exists);
+    assert_eq!(
+        keycloak.probe(&previous).await.unwrap(),
+        Existence::Exists,
+        "the replaced client still authenticates during the overlap"
+    );
+    eventually(
+        "the replaced client is deleted",
+        Duration::from_secs(40),
+        || async { (keycloak.probe(&previous).await.ok()? == Existence::Gone).then_some(()) },
+    )
+    .await;
+    let status = eventually(
+        "previous_* leave the Secret",
+        Duration::from_secs(15),
+        || async {
+            let secret = get_secret(&client, &ns, "app-smart-client").await?;
+            if secret_value(&secret, "previous_client_id").is_some() {
+                return None;
+            }
+            apps.get("app").await.ok()?.status
+        },
+    )
+    .await;
+    assert!(
+        status.orphaned_clients.is_empty(),
+        "{:?}",
+        status.orphaned_clients
+    );
+    assert_eq!(keycloak.probe(&new).await.unwrap(), Existence::Exists);
+    keycloak
+        .read(&credentials_in(
+            &get_secret(&client, &ns, "app-smart-client").await.unwrap(),
+            "",
+        ))
+        .await
+        .expect("the new registration is managed with the token in the Secret");
+}
