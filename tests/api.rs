@@ -563,6 +563,39 @@ fn bad_manifests() -> Vec<BadManifest> {
             &["spec.secret.template", "would overwrite another Secret key"],
         ),
         bad(
+            "a template key that is a rotation's previous_ key",
+            smart_client("b90", |s| {
+                s["secret"] = json!({"template": {"previous_client_secret": "x"}});
+            }),
+            &["spec.secret.template", "previous_/next_ keys of a rotation"],
+        ),
+        bad(
+            "rotation of a public client",
+            smart_client("b91", |s| {
+                s["tokenEndpointAuthMethod"] = json!("none");
+                s["rotation"] = json!({"every": "720h"});
+            }),
+            &["spec.rotation", "rotation replaces a client secret"],
+        ),
+        bad(
+            "rotation with a fixed S4SLegacy client id",
+            smart_client("b93", |s| {
+                s["clientId"] = json!("fixed-id");
+                s["rotation"] = json!({});
+            }),
+            &["spec.rotation", "spec.clientId fixes the id"],
+        ),
+        bad(
+            "a rotation overlap as long as its period",
+            smart_client("b92", |s| {
+                s["rotation"] = json!({"every": "1h", "overlap": "1h"});
+            }),
+            &[
+                "spec.rotation.overlap",
+                "overlap must be shorter than every",
+            ],
+        ),
+        bad(
             "a kubernetes.io Secret type",
             smart_client("b71", |s| {
                 s["secret"] = json!({"type": "kubernetes.io/basic-auth"});

@@ -264,39 +264,6 @@ async fn an_s4s_rotation_orphans_the_replaced_client_and_records_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_is_refused_at_admission_for_clients_without_a_secret_to_rotate() {
-    let client = client().await;
-    install_crds(&client).await;
-    let ns = fresh_namespace(&client, "rotate-cel").await;
-    let public = smart_client(
-        "public",
-        json!({"tokenEndpointAuthMethod": "none", "rotation": {"every": "720h"}}),
-    );
-    let err = create(&client, Some(&ns), public).await.unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("rotation replaces a client secret"),
-        "{err}"
-    );
-    let fixed = smart_client("fixed", json!({"clientId": "fixed-id", "rotation": {}}));
-    let err = create(&client, Some(&ns), fixed).await.unwrap_err();
-    assert!(
-        err.to_string().contains("spec.clientId fixes the id"),
-        "{err}"
-    );
-    let overlap = smart_client(
-        "overlap",
-        json!({"rotation": {"every": "1h", "overlap": "2h"}}),
-    );
-    let err = create(&client, Some(&ns), overlap).await.unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("overlap must be shorter than every"),
-        "{err}"
-    );
-}
-
 /// The rotation's answer reaches the Secret but status cannot be written, and the operator dies:
 /// the restarted operator finds the request handled in the Secret and rotates no second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

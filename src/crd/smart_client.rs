@@ -109,7 +109,7 @@ pub const RESERVED_METADATA_FIELDS: &[&str] = &[
     .field_path(".secret.type")
     .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(template_keys_collision_rule())
-    .message("a template key would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys, or a token's keys): name it otherwise")
+    .message("a template key would overwrite another Secret key (client_id, client_secret, ... or their names in secret.keys, a token's keys, or the previous_/next_ keys of a rotation): name it otherwise")
     .field_path(".secret.template")
     .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new(token_keys_collision_rule())
@@ -583,6 +583,7 @@ fn token_keys_collision_rule() -> String {
 fn template_keys_collision_rule() -> String {
     format!(
         "!has(self.secret) || !has(self.secret.template) || self.secret.template.all(k, !(k in {keys}) \
+         && !k.startsWith('previous_') && !k.startsWith('next_') \
          && (!has(self.debugTokens) || !self.debugTokens.exists(t, k in {TOKEN_KEYS_CEL})) \
          && (!has(self.accessTokens) || !self.accessTokens.exists(t, k in {TOKEN_KEYS_CEL})))",
         keys = secret_keys_cel()
