@@ -1,6 +1,7 @@
 //! The controllers: SmartClient (resolve → plan → apply → status) and the two auth server kinds.
 
 mod access_tokens;
+mod adoption;
 pub mod auth_server;
 pub mod cache;
 pub mod cleanup;

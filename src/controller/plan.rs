@@ -21,6 +21,7 @@ pub const USER_ERROR_REASONS: &[&str] = &[
     "CredentialsLost",
     "RegistrationAnswerUnreadable",
     "UnsupportedByServer",
+    "AdoptionRefused",
 ];
 
 /// Inputs of [`plan_next_action`].
@@ -36,6 +37,8 @@ pub struct PlanInput<'a> {
     pub signing_key_written: bool,
     /// The next step of a key rotation, and when one is due if none is now (`key_rotation.rs`).
     pub key_step: (Option<KeyStep>, Option<Timestamp>),
+    /// `spec.adopt`: a client never registered takes over an existing registration instead.
+    pub adopt: bool,
     /// The next step of a credential rotation, and when one is due if none is now
     /// (`credential_rotation.rs`).
     pub credential_step: (Option<CredentialStep>, Option<Timestamp>),
@@ -52,6 +55,8 @@ pub struct PlanInput<'a> {
 pub enum Action {
     /// First registration.
     Register,
+    /// Take over the existing registration `spec.adopt` names, instead of a first registration.
+    Adopt,
     /// The server forgot the client (or the operator lost its credentials): register again.
     ReRegister,
     /// RFC7591: replace the registration's metadata in place (RFC 7592 PUT).
@@ -107,10 +112,10 @@ pub fn plan_next_action(input: &PlanInput) -> Action {
         return Action::WriteSigningKey;
     }
     let Some(credentials) = input.credentials else {
-        return if status.client_id.is_none() {
-            Action::Register
-        } else {
-            Action::ReRegister
+        return match (status.client_id.is_none(), input.adopt) {
+            (true, true) => Action::Adopt,
+            (true, false) => Action::Register,
+            (false, _) => Action::ReRegister,
         };
     };
     // What the operator holds goes to the Secret before anything else reaches the server: a write that
@@ -310,6 +315,7 @@ mod tests {
             secret_in_sync: true,
             signing_key_written: true,
             key_step: (None, None),
+            adopt: false,
             credential_step: (None, None),
             tokens: vec![],
             now: now(),
@@ -402,6 +408,28 @@ mod tests {
             plan_next_action(&i),
             Action::Wait(Some(Duration::from_secs(60)))
         );
+    }
+
+    #[test]
+    fn a_client_that_adopts_takes_over_instead_of_registering_and_then_is_managed_as_its_own() {
+        let status = SmartClientStatus::default();
+        let mut i = input(&status, None);
+        i.adopt = true;
+        assert_eq!(plan_next_action(&i), Action::Adopt);
+        // Adopted (no metadata applied yet): brought in line by an update, never registered.
+        let mut adopted = credentials(&[]);
+        adopted.applied_metadata_hash = None;
+        let healthy = healthy_status();
+        let mut i = input(&healthy, Some(&adopted));
+        i.adopt = true;
+        let mut lagging = healthy_status();
+        lagging.applied_metadata_hash = None;
+        i.status = &lagging;
+        assert_eq!(plan_next_action(&i), Action::Update);
+        // A client registered once re-registers when its credentials are lost, adopt or not.
+        let mut i = input(&healthy, None);
+        i.adopt = true;
+        assert_eq!(plan_next_action(&i), Action::ReRegister);
     }
 
     #[test]

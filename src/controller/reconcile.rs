@@ -456,6 +456,7 @@ impl Run<'_> {
                 secret_in_sync,
                 signing_key_written: self.signing_key_written(),
                 key_step: self.key_step(),
+                adopt: self.client.spec.adopt.is_some(),
                 credential_step: self.credential_step(),
                 tokens: token_refs,
                 now: self.now,
@@ -635,6 +636,15 @@ impl Run<'_> {
                             .await;
                     }
                 }
+                Action::Adopt => {
+                    let auth = auth.as_ref().expect("built above");
+                    if let Some(requeue) = self
+                        .adopt(auth, &server, &desired.scopes, &desired_hash)
+                        .await?
+                    {
+                        return Ok(requeue);
+                    }
+                }
                 Action::RetirePrevious => {
                     self.retire_previous(&server, &desired.scopes).await?;
                 }
@@ -658,6 +668,7 @@ impl Run<'_> {
 fn change_of(action: &Action) -> Option<String> {
     Some(match action {
         Action::Register => "register the client".to_owned(),
+        Action::Adopt => "adopt the registration spec.adopt names".to_owned(),
         Action::WriteSigningKey => "make a signing key and write it to the Secret".to_owned(),
         Action::RotateKey(step) => format!("rotate the signing key ({step:?})"),
         Action::ReRegister => {

@@ -220,6 +220,15 @@ impl Run<'_> {
         .await
     }
 
+    /// Something the client needs is not there yet (not a user error: it may appear by itself, as
+    /// objects of one GitOps sync arrive in any order): `Ready=False`, looked at again every minute.
+    pub(super) async fn record_waiting(&mut self, reason: &str, message: String) -> Requeue {
+        self.status.retry = None;
+        self.report_not_ready(reason, message.clone(), message, "Reconcile", false)
+            .await;
+        Requeue::requeue(SECRET_CONFLICT_RECHECK)
+    }
+
     /// Observe-only: what the plan would change is reported, and nothing more happens until the
     /// annotation goes or something changes.
     pub(super) async fn record_observe_only(&mut self, would: String) -> Requeue {

@@ -18,10 +18,10 @@ pub use auth_server::{
     TlsConfig,
 };
 pub use smart_client::{
-    AccessToken, AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken, DebugTokenStatus,
-    DeletionPolicy, GrantType, OrphanedClient, PreviousClientStatus, RESERVED_METADATA_FIELDS,
-    RetryStatus, RotationSpec, SecretKeys, SecretSpec, SigningKeySpec, SigningKeyStatus,
-    SmartClient, SmartClientSpec, SmartClientStatus, TokenEndpointAuthMethod,
+    AccessToken, AdoptSpec, AuthServerKind, AuthServerRef, DEFAULT_SECRET_KEYS, DebugToken,
+    DebugTokenStatus, DeletionPolicy, GrantType, OrphanedClient, PreviousClientStatus,
+    RESERVED_METADATA_FIELDS, RetryStatus, RotationSpec, SecretKeys, SecretSpec, SigningKeySpec,
+    SigningKeyStatus, SmartClient, SmartClientSpec, SmartClientStatus, TokenEndpointAuthMethod,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -222,6 +222,18 @@ pub struct SmartClientSpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub access_tokens: Option<Vec<AccessToken>>,
 
+    /// Take over a registration that exists already instead of registering one: the Secret named
+    /// here (in this namespace) holds its `client_id` and, as the dialect has them, `client_secret`,
+    /// `registration_access_token` and `registration_client_uri`. The operator verifies them with
+    /// the server (RFC 7592 read with the token; the existence probe otherwise), writes them to the
+    /// client's own Secret (`secret.name`, which must be another Secret) and manages the
+    /// registration from then on, bringing its metadata in line with the spec where the dialect can
+    /// (RFC 7592 PUT). The named Secret is only read. A refused adoption (unknown client, refused
+    /// token) is `Ready=False AdoptionRefused`, and nothing is registered in its place. Used only
+    /// while the SmartClient has no registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptSpec>,
+
     /// Rotation of the client's credentials: a replacement registration every `every`, on demand
     /// (the annotation `smart.fhir.dev/rotate-credentials-requested-at: <any new value>`), and
     /// `refreshBefore` the secret expires where the server gave it an expiry (the last also without
@@ -334,6 +346,15 @@ pub struct SigningKeySpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
         .message("overlap must be at least 1s"))]
     pub overlap: Option<kube::core::Duration>,
+}
+
+/// An existing registration to take over.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptSpec {
+    /// The Secret holding the registration's credentials under the default key names.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// When a client's credentials are replaced by a new registration.
