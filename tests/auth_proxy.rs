@@ -559,3 +559,99 @@ async fn legacy_rotation_keeps_the_old_credentials_for_the_overlap_then_orphans_
 async fn current_rotation_keeps_the_old_credentials_for_the_overlap_then_orphans_them() {
     rotation_replaces_keeps_the_old_for_the_overlap_and_orphans_it(Version::Current).await;
 }
+
+/// A client registered on the real server before the operator came is adopted by the existence
+/// probe: nothing registered, its debug token minted for it.
+async fn adopts_an_existing_client(version: Version) {
+    let s = setup(&format!("real-adopt-{}", version.as_str()), version, &[]).await;
+    let form_or_json = match version {
+        Version::Legacy => http()
+            .post(format!("{}/oauth/register", s.server.base_url()))
+            .form(&[
+                ("client_id", "made-by-hand"),
+                ("client_secret", "a-secret-chosen-by-hand-0123456789"),
+                ("client_name", "made by hand"),
+                ("redirect_uris", "https://app.example.org/callback"),
+                ("scopes", "launch/patient patient/*.read offline_access"),
+            ]),
+        Version::Current => http()
+            .post(format!("{}/oauth/register", s.server.base_url()))
+            .json(&json!({"client_name": "made by hand", "redirect_uris": ["https://app.example.org/callback"],
+                          "scope": "launch/patient patient/*.read offline_access"})),
+    };
+    let body: Value = form_or_json.send().await.unwrap().json().await.unwrap();
+    let client_id = body["client_id"].as_str().unwrap().to_owned();
+    let client_secret = body["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!(s.server.registrations(), 1);
+    apply(
+        &s.client,
+        Some(&s.ns),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "existing"},
+            "stringData": {"client_id": client_id, "client_secret": client_secret},
+        }),
+    )
+    .await
+    .unwrap();
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"adopt": {"secretName": "existing"}})),
+    )
+    .await
+    .unwrap();
+    let (ready, secret) = ready_client_and_secret(&s, "app").await;
+    assert_eq!(
+        ready.status.unwrap().client_id.as_deref(),
+        Some(client_id.as_str())
+    );
+    assert_eq!(secret_value(&secret, "client_secret"), Some(client_secret));
+    let token = eventually(
+        "the adopted client's debug token",
+        Duration::from_secs(30),
+        || async {
+            secret_value(
+                &get_secret(&s.client, &s.ns, "app-smart-client").await?,
+                "daniel_access_token",
+            )
+        },
+    )
+    .await;
+    assert_token_works_at_the_fhir_api(&s.server, &token).await;
+    assert_eq!(
+        s.server.registrations(),
+        1,
+        "nothing registered by the operator"
+    );
+
+    // A made-up secret for a known id is refused, and nothing is registered in its place.
+    apply(
+        &s.client,
+        Some(&s.ns),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong"},
+            "stringData": {"client_id": client_id, "client_secret": "not-its-secret"},
+        }),
+    )
+    .await
+    .unwrap();
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("wrong", json!({"adopt": {"secretName": "wrong"}})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "wrong", "False", "AdoptionRefused").await;
+    assert_eq!(s.server.registrations(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_existing_client_is_adopted_without_registering() {
+    adopts_an_existing_client(Version::Legacy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_existing_client_is_adopted_without_registering() {
+    adopts_an_existing_client(Version::Current).await;
+}

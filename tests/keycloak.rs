@@ -572,3 +572,59 @@ async fn operator_rotates_a_keycloak_client_and_deletes_the_replaced_one_after_t
         .await
         .expect("the new registration is managed with the token in the Secret");
 }
+
+/// A client registered on Keycloak before the operator came is adopted: verified by RFC 7592 read
+/// (Keycloak rotates the token on it; the new one is kept), its metadata updated to the spec,
+/// nothing registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_adopts_an_existing_keycloak_client() {
+    let (client, ns, _operator) = namespace_with_operator("keycloak-adopt").await;
+    let existing = keycloak(Some(initial_access_token(1)))
+        .register(&metadata(&["launch/patient"]), None)
+        .await
+        .unwrap();
+    let given = credentials_of(&existing);
+    apply(&client, Some(&ns), json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "existing"},
+        "stringData": {
+            "client_id": given.client_id,
+            "client_secret": given.client_secret.as_ref().unwrap().expose_secret(),
+            "registration_access_token": given.registration_access_token.as_ref().unwrap().expose_secret(),
+            "registration_client_uri": given.registration_client_uri.clone().unwrap(),
+        },
+    }))
+    .await
+    .unwrap();
+    create(&client, Some(&ns), json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "app"},
+        "spec": {"authServerRef": {"name": "keycloak"}, "redirectUris": ["https://app.example.org/callback"],
+                 "scopes": ["launch/patient", "patient/*.read"], "adopt": {"secretName": "existing"}},
+    }))
+    .await
+    .unwrap();
+    let ready = wait_for_ready(&client, &ns, "app", "True", "Ready").await;
+    assert_eq!(
+        ready.status.unwrap().client_id.as_deref(),
+        Some(given.client_id.as_str())
+    );
+    let held = credentials_in(
+        &get_secret(&client, &ns, "app-smart-client").await.unwrap(),
+        "",
+    );
+    assert_eq!(held.client_id, given.client_id);
+    let remote = keycloak(None)
+        .read(&held)
+        .await
+        .expect("the token the operator kept is the valid one");
+    assert!(
+        remote
+            .granted_scopes
+            .unwrap()
+            .contains(&"patient/*.read".to_owned()),
+        "the metadata was brought in line with the spec"
+    );
+    assert!(
+        keycloak(None).read(&given).await.is_err(),
+        "the token in the source Secret was rotated away"
+    );
+}
