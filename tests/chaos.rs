@@ -41,6 +41,16 @@ struct Figures {
     extra_registrations: usize,
     /// `status.orphanedClients` entries without an id: registrations whose answer was lost.
     recorded_lost_answers: usize,
+    /// Clients whose rotation (requested for all at once, with kills and faults) ended with new
+    /// credentials in the Secret and the replaced ones as `previous_*`, both accepted by the server.
+    rotated: usize,
+    /// Clients whose current or previous credentials in the Secret the server did not accept after
+    /// the rotation, or whose previous ones are not the ones from before (a second rotation).
+    lost_in_rotation: usize,
+    /// Registrations the rotation made beyond one per client, and lost answers recorded meanwhile.
+    extra_rotation_registrations: usize,
+    recorded_lost_rotation_answers: usize,
+    rotation_time: Duration,
     /// From the apiserver's /readyz after its restart to a spec change applied.
     change_after_apiserver_restart: Duration,
     wipe_recovery: Duration,
@@ -100,6 +110,62 @@ async fn lost_credentials(s: &Setup, names: &[String]) -> usize {
             None => true,
         })
         .count()
+}
+
+/// `status.orphanedClients` entries without an id, over every SmartClient.
+async fn count_lost_answers(s: &Setup) -> usize {
+    api(s)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c: &SmartClient| {
+            c.status.as_ref().map_or(0, |st| {
+                st.orphaned_clients
+                    .iter()
+                    .filter(|o| o.client_id.is_empty())
+                    .count()
+            })
+        })
+        .sum()
+}
+
+type Credentials = (String, Option<String>);
+
+/// (SmartClient name → (current, previous) credentials) for the Secrets that hold both.
+async fn rotated_secrets(
+    s: &Setup,
+    names: &[String],
+) -> BTreeMap<String, (Credentials, Credentials)> {
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let listed = secrets
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=smart-operator"))
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for secret in listed.items {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let Some(client) = name.strip_suffix("-smart-client") else {
+            continue;
+        };
+        if !names.iter().any(|n| n == client) {
+            continue;
+        }
+        if let (Some(id), Some(previous_id)) = (
+            secret_value(&secret, "client_id"),
+            secret_value(&secret, "previous_client_id"),
+        ) {
+            out.insert(
+                client.to_owned(),
+                (
+                    (id, secret_value(&secret, "client_secret")),
+                    (previous_id, secret_value(&secret, "previous_client_secret")),
+                ),
+            );
+        }
+    }
+    out
 }
 
 async fn ready_count(s: &Setup) -> usize {
@@ -189,23 +255,73 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
     let ready = ready_count(&s).await;
     let lost = lost_credentials(&s, &names).await;
     let remote = server_clients(&s.server).await.len();
-    let recorded_lost_answers: usize = api(&s)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|c: &SmartClient| {
-            c.status.as_ref().map_or(0, |st| {
-                st.orphaned_clients
-                    .iter()
-                    .filter(|o| o.client_id.is_empty())
-                    .count()
-            })
-        })
-        .sum();
+    let recorded_lost_answers = count_lost_answers(&s).await;
 
-    // 2. A wipe: every client is registered again within a probe interval, S4SLegacy with its secret.
+    // 2. A rotation of every client at once, under the same faults and kills: each ends with new
+    //    credentials and the replaced ones beside them, both working, and no client rotated twice.
+    let before_rotation = secrets_of(&s, &names).await;
+    let registered_before_rotation = server_clients(&s.server).await.len();
+    let lost_answers_before_rotation = count_lost_answers(&s).await;
+    s.server
+        .set_faults(json!({"error_rate": 0.2, "error_status": 503, "latency_ms": 100}))
+        .await;
+    let rotating = Instant::now();
+    for name in &names {
+        annotate(
+            &s,
+            name,
+            "smart.fhir.dev/rotate-credentials-requested-at",
+            Some("chaos"),
+        )
+        .await;
+    }
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.operator.kill_hard();
+        s.operator.restart();
+    }
+    eventually("every client rotated", Duration::from_secs(300), || async {
+        let held = rotated_secrets(&s, &names).await;
+        (held.len() == clients
+            && held.iter().all(|(name, ((id, _), _))| {
+                before_rotation.get(name).is_some_and(|(old, _)| old != id)
+            }))
+        .then_some(())
+    })
+    .await;
+    s.server.clear_faults().await;
+    eventually(
+        "every SmartClient Ready after the rotation",
+        PROBE_INTERVAL * 3,
+        || async { (ready_count(&s).await == clients).then_some(()) },
+    )
+    .await;
+    let rotation_time = rotating.elapsed();
+    let remote_after_rotation = server_clients(&s.server).await;
+    let after_rotation = rotated_secrets(&s, &names).await;
+    let lost_in_rotation = names
+        .iter()
+        .filter(|name| {
+            let Some(((id, secret), (previous_id, previous_secret))) = after_rotation.get(*name)
+            else {
+                return true;
+            };
+            let replaced_is_the_original =
+                before_rotation.get(*name) == Some(&(previous_id.clone(), previous_secret.clone()));
+            remote_after_rotation.get(id) != Some(secret)
+                || remote_after_rotation.get(previous_id) != Some(previous_secret)
+                || !replaced_is_the_original
+        })
+        .count();
+    let rotated = after_rotation.len();
+    let extra_rotation_registrations = remote_after_rotation
+        .len()
+        .saturating_sub(registered_before_rotation + clients);
+    let recorded_lost_rotation_answers = count_lost_answers(&s)
+        .await
+        .saturating_sub(lost_answers_before_rotation);
+
+    // 3. A wipe: every client is registered again within a probe interval, S4SLegacy with its secret.
     let before_wipe = secrets_of(&s, &names).await;
     s.server.reset().await;
     let wiped_at = Instant::now();
@@ -222,7 +338,7 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
         .filter(|(name, held)| after_wipe.get(*name) != Some(held))
         .count();
 
-    // 3. The apiserver restarts; a spec change right after it comes back is applied within seconds.
+    // 4. The apiserver restarts; a spec change right after it comes back is applied within seconds.
     let changed = names.last().unwrap();
     let back = apiserver_restart_together(barrier).await;
     loop {
@@ -257,7 +373,7 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
     .await;
     let change_after_apiserver_restart = back.elapsed();
 
-    // 4. Deletions while half of all requests fail, then the faults stop.
+    // 5. Deletions while half of all requests fail, then the faults stop.
     s.server
         .set_faults(json!({"error_rate": 0.5, "error_status": 503}))
         .await;
@@ -305,6 +421,11 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
         lost_credentials: lost,
         extra_registrations: remote.saturating_sub(clients),
         recorded_lost_answers,
+        rotated,
+        lost_in_rotation,
+        extra_rotation_registrations,
+        recorded_lost_rotation_answers,
+        rotation_time,
         change_after_apiserver_restart,
         wipe_recovery,
         legacy_secrets_changed_by_wipe: if dialect == DevDialect::S4sLegacy {
@@ -320,7 +441,7 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
 
 fn check(f: &Figures) {
     println!(
-        "CHAOS | {:?} | {} clients, {} kills | {}/{} Ready after {:.1} s | lost {} | extra registrations {} (recorded as lost answers {}) | wipe: recovered in {:.1} s, S4SLegacy secrets changed {} | spec change applied {:.1} s after the apiserver restart | {} deletions in {:.1} s, leftovers {} |",
+        "CHAOS | {:?} | {} clients, {} kills | {}/{} Ready after {:.1} s | lost {} | extra registrations {} (recorded as lost answers {}) | rotation under {} kills: {}/{} rotated in {:.1} s, lost {}, extra registrations {} (recorded {}) | wipe: recovered in {:.1} s, S4SLegacy secrets changed {} | spec change applied {:.1} s after the apiserver restart | {} deletions in {:.1} s, leftovers {} |",
         f.dialect,
         f.clients,
         f.kills,
@@ -330,6 +451,13 @@ fn check(f: &Figures) {
         f.lost_credentials,
         f.extra_registrations,
         f.recorded_lost_answers,
+        f.kills,
+        f.rotated,
+        f.clients,
+        f.rotation_time.as_secs_f64(),
+        f.lost_in_rotation,
+        f.extra_rotation_registrations,
+        f.recorded_lost_rotation_answers,
         f.wipe_recovery.as_secs_f64(),
         f.legacy_secrets_changed_by_wipe,
         f.change_after_apiserver_restart.as_secs_f64(),
@@ -339,6 +467,15 @@ fn check(f: &Figures) {
     );
     assert_eq!(f.ready, f.clients, "every SmartClient Ready: {f:?}");
     assert_eq!(f.lost_credentials, 0, "no lost credentials: {f:?}");
+    assert_eq!(f.rotated, f.clients, "every client rotated: {f:?}");
+    assert_eq!(
+        f.lost_in_rotation, 0,
+        "no credentials lost in the rotation, none rotated twice: {f:?}"
+    );
+    assert!(
+        f.extra_rotation_registrations <= f.recorded_lost_rotation_answers,
+        "every rotation registration beyond one per client recorded: {f:?}"
+    );
     match f.dialect {
         DevDialect::S4sLegacy => {
             assert_eq!(f.extra_registrations, 0, "no duplicate on S4SLegacy: {f:?}");

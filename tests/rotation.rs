@@ -340,3 +340,105 @@ async fn deleting_a_client_during_the_overlap_deletes_the_replaced_registration_
     assert_eq!(s.server.clients().await.len(), 2);
     delete_and_expect_registration_gone(&s, "app").await;
 }
+
+/// S4SLegacy writes a replacement's chosen id and secret before posting them; the post keeps
+/// failing, status cannot be written, and the operator dies: the restarted one posts the same
+/// choice, knows which request it answers, and rotates once. A wipe afterwards gets the rotated id
+/// and secret back (not the derived id with a new secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s4s_legacy_rotation_posted_again_after_a_crash_answers_its_request_once() {
+    let mut s = setup(
+        "rotate-legacy",
+        DevDialect::S4sLegacy,
+        &["--existence-check-interval", "2s"],
+    )
+    .await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"rotation": {"overlap": "1h"}})),
+    )
+    .await
+    .unwrap();
+    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let original = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    let old_id = secret_value(&original, "client_id").unwrap();
+    let policy = refuse_status_writes(&s).await;
+    s.server
+        .set_faults(json!({"error_rate": 1.0, "endpoints": ["register"]}))
+        .await;
+    let posts = s.server.count("register").await;
+    annotate(&s, "app", ROTATE, Some("once")).await;
+    eventually(
+        "the choice posted and posted again",
+        Duration::from_secs(30),
+        || async { (s.server.count("register").await >= posts + 2).then_some(()) },
+    )
+    .await;
+    s.operator.kill_hard();
+    allow_writes(&policy);
+    s.server.clear_faults().await;
+    s.operator.restart();
+    let rotated = wait_for_new_credentials(&s, &old_id).await;
+    eventually(
+        "the rotation confirmed",
+        Duration::from_secs(30),
+        || async {
+            let status = api(&s).get("app").await.ok()?.status?;
+            (status.last_handled_rotation_at.as_deref() == Some("once")
+                && condition(&api(&s).get("app").await.ok()?, "Ready")?.0 == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert_eq!(
+        secret_value(&now, "previous_client_id"),
+        Some(old_id.clone()),
+        "rotated once"
+    );
+    assert_eq!(
+        secret_value(&now, "client_id"),
+        secret_value(&rotated, "client_id")
+    );
+    assert_eq!(
+        s.server.clients().await.len(),
+        2,
+        "the original and one replacement"
+    );
+
+    // A wipe: the rotated id comes back with its own secret.
+    let before = (
+        secret_value(&now, "client_id"),
+        secret_value(&now, "client_secret"),
+    );
+    s.server.reset().await;
+    eventually(
+        "registered again after the wipe",
+        Duration::from_secs(30),
+        || async {
+            let clients = s.server.clients().await;
+            clients
+                .iter()
+                .any(|c| c["client_id"].as_str().map(str::to_owned) == before.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let after = get_secret(&s.client, &s.ns, "app-smart-client")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            secret_value(&after, "client_id"),
+            secret_value(&after, "client_secret")
+        ),
+        before,
+        "mounted credentials keep working after a wipe"
+    );
+}

@@ -48,6 +48,14 @@ impl Run<'_> {
                 let hex = desired_hash.rsplit('-').next().unwrap_or(desired_hash);
                 client_id = format!("{client_id}.{}", &hex[..8.min(hex.len())]);
             }
+            // A server that forgot the client gets the id it had back (a replacement's or a
+            // rotation's id is not the derived one), with its secret below.
+            if action == Action::ReRegister
+                && self.client.spec.client_id.is_none()
+                && let Some(forgotten) = &self.forgotten
+            {
+                client_id = forgotten.client_id.clone();
+            }
             // A rotation's replacement needs an id of its own (the metadata is unchanged).
             if rotating_out.is_some() {
                 client_id = format!("{client_id}.r{:08x}", rand::random::<u32>());
@@ -75,11 +83,17 @@ impl Run<'_> {
                 // Not registered yet: no metadata is applied until the server says so.
                 applied_metadata_hash: None,
                 registration_pending: true,
-                // The credentials it replaces stay in the Secret while the choice is unconfirmed.
+                // The credentials it replaces stay in the Secret while the choice is unconfirmed,
+                // and so does the rotation request it answers (a choice posted again after a
+                // failure answers the same one).
                 previous: rotating_out
                     .clone()
                     .or_else(|| self.credentials.as_ref().and_then(|c| c.previous.clone())),
-                handled_rotation_request: handled_request.clone(),
+                handled_rotation_request: handled_request.clone().or_else(|| {
+                    self.credentials
+                        .as_ref()
+                        .and_then(|c| c.handled_rotation_request.clone())
+                }),
                 ..Default::default()
             };
             self.credentials = Some(chosen.clone());
