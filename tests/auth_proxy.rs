@@ -518,31 +518,9 @@ async fn rotation_replaces_keeps_the_old_for_the_overlap_and_orphans_it(version:
     .await;
     assert_token_works_at_the_fhir_api(&s.server, &token).await;
 
-    let status = eventually(
-        "the replaced client is recorded",
-        Duration::from_secs(30),
-        || async {
-            let status = api(&s).get("app").await.ok()?.status?;
-            status
-                .orphaned_clients
-                .iter()
-                .any(|o| o.client_id == old_id && o.reason == "Rotated")
-                .then_some(status)
-        },
-    )
-    .await;
+    let status = wait_for_orphan(&s.client, &s.ns, "app", &old_id, "Rotated").await;
     assert_eq!(status.client_id.as_deref(), Some(new_id.as_str()));
-    eventually(
-        "previous_* leave the Secret",
-        Duration::from_secs(10),
-        || async {
-            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
-            secret_value(&secret, "previous_client_id")
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    wait_for_retirement(&s.client, &s.ns, "app-smart-client").await;
     assert_eq!(
         s.server.registrations(),
         2,

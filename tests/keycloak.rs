@@ -546,18 +546,8 @@ async fn operator_rotates_a_keycloak_client_and_deletes_the_replaced_one_after_t
         || async { (keycloak.probe(&previous).await.ok()? == Existence::Gone).then_some(()) },
     )
     .await;
-    let status = eventually(
-        "previous_* leave the Secret",
-        Duration::from_secs(15),
-        || async {
-            let secret = get_secret(&client, &ns, "app-smart-client").await?;
-            if secret_value(&secret, "previous_client_id").is_some() {
-                return None;
-            }
-            apps.get("app").await.ok()?.status
-        },
-    )
-    .await;
+    wait_for_retirement(&client, &ns, "app-smart-client").await;
+    let status = apps.get("app").await.unwrap().status.unwrap();
     assert!(
         status.orphaned_clients.is_empty(),
         "{:?}",

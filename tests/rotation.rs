@@ -36,20 +36,28 @@ async fn wait_for_new_credentials(s: &Setup, old: &str) -> k8s_openapi::api::cor
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_requested_rotation_keeps_the_old_credentials_for_the_overlap_then_deletes_them() {
-    let s = setup("rotate-7591", DevDialect::Rfc7591, &[]).await;
+/// Creates SmartClient `app` with `spec.rotation` = `rotation`, waits for Ready, returns its Secret.
+async fn ready_rotating_client(
+    s: &Setup,
+    rotation: serde_json::Value,
+) -> k8s_openapi::api::core::v1::Secret {
     create(
         &s.client,
         Some(&s.ns),
-        smart_client("app", json!({"rotation": {"overlap": "4s"}})),
+        smart_client("app", json!({"rotation": rotation})),
     )
     .await
     .unwrap();
     wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
-    let before = get_secret(&s.client, &s.ns, "app-smart-client")
+    get_secret(&s.client, &s.ns, "app-smart-client")
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_rotation_keeps_the_old_credentials_for_the_overlap_then_deletes_them() {
+    let s = setup("rotate-7591", DevDialect::Rfc7591, &[]).await;
+    let before = ready_rotating_client(&s, json!({"overlap": "4s"})).await;
     let old_id = secret_value(&before, "client_id").unwrap();
     let old_secret = secret_value(&before, "client_secret").unwrap();
     let registrations = s.server.count("register").await;
@@ -103,17 +111,7 @@ async fn a_requested_rotation_keeps_the_old_credentials_for_the_overlap_then_del
         || async { (client_ids(&s.server.clients().await) == vec![new_id.clone()]).then_some(()) },
     )
     .await;
-    let retired = eventually(
-        "previous_* leave the Secret",
-        Duration::from_secs(10),
-        || async {
-            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
-            secret_value(&secret, "previous_client_id")
-                .is_none()
-                .then_some(secret)
-        },
-    )
-    .await;
+    let retired = wait_for_retirement(&s.client, &s.ns, "app-smart-client").await;
     assert!(secret_value(&retired, "previous_client_secret").is_none());
     assert_eq!(
         secret_value(&retired, "client_id").as_deref(),
@@ -209,17 +207,7 @@ async fn an_expiring_secret_is_rotated_ahead_of_its_expiry_without_a_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s4s_rotation_orphans_the_replaced_client_and_records_it() {
     let s = setup("rotate-s4s", DevDialect::S4s, &[]).await;
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("app", json!({"rotation": {"overlap": "2s"}})),
-    )
-    .await
-    .unwrap();
-    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
-    let before = get_secret(&s.client, &s.ns, "app-smart-client")
-        .await
-        .unwrap();
+    let before = ready_rotating_client(&s, json!({"overlap": "2s"})).await;
     let old_id = secret_value(&before, "client_id").unwrap();
     annotate(&s, "app", ROTATE, Some("1")).await;
     let rotated = wait_for_new_credentials(&s, &old_id).await;
@@ -227,19 +215,7 @@ async fn an_s4s_rotation_orphans_the_replaced_client_and_records_it() {
         secret_value(&rotated, "previous_client_id").as_deref(),
         Some(old_id.as_str())
     );
-    let status = eventually(
-        "the replaced client is recorded",
-        Duration::from_secs(20),
-        || async {
-            let status = api(&s).get("app").await.ok()?.status?;
-            status
-                .orphaned_clients
-                .iter()
-                .any(|o| o.client_id == old_id && o.reason == "Rotated")
-                .then_some(status)
-        },
-    )
-    .await;
+    let status = wait_for_orphan(&s.client, &s.ns, "app", &old_id, "Rotated").await;
     assert!(
         status.previous_client.is_none()
             || status
@@ -247,17 +223,7 @@ async fn an_s4s_rotation_orphans_the_replaced_client_and_records_it() {
                 .as_ref()
                 .is_some_and(|p| p.client_id == old_id)
     );
-    eventually(
-        "previous_* leave the Secret",
-        Duration::from_secs(10),
-        || async {
-            let secret = get_secret(&s.client, &s.ns, "app-smart-client").await?;
-            secret_value(&secret, "previous_client_id")
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    wait_for_retirement(&s.client, &s.ns, "app-smart-client").await;
     assert_eq!(
         s.operator.metric("smart_operator_orphaned_clients").await,
         Some(1.0)
@@ -269,18 +235,8 @@ async fn an_s4s_rotation_orphans_the_replaced_client_and_records_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_request_is_handled_once_across_a_crash_before_status_says_so() {
     let mut s = setup("rotate-crash", DevDialect::Rfc7591, &[]).await;
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("app", json!({"rotation": {"overlap": "1h"}})),
-    )
-    .await
-    .unwrap();
-    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
     let old_id = secret_value(
-        &get_secret(&s.client, &s.ns, "app-smart-client")
-            .await
-            .unwrap(),
+        &ready_rotating_client(&s, json!({"overlap": "1h"})).await,
         "client_id",
     )
     .unwrap();
@@ -320,18 +276,8 @@ async fn a_rotation_request_is_handled_once_across_a_crash_before_status_says_so
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_client_during_the_overlap_deletes_the_replaced_registration_too() {
     let s = setup("rotate-delete", DevDialect::Rfc7591, &[]).await;
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("app", json!({"rotation": {"overlap": "1h"}})),
-    )
-    .await
-    .unwrap();
-    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
     let old_id = secret_value(
-        &get_secret(&s.client, &s.ns, "app-smart-client")
-            .await
-            .unwrap(),
+        &ready_rotating_client(&s, json!({"overlap": "1h"})).await,
         "client_id",
     )
     .unwrap();
@@ -353,17 +299,7 @@ async fn an_s4s_legacy_rotation_posted_again_after_a_crash_answers_its_request_o
         &["--existence-check-interval", "2s"],
     )
     .await;
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("app", json!({"rotation": {"overlap": "1h"}})),
-    )
-    .await
-    .unwrap();
-    wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
-    let original = get_secret(&s.client, &s.ns, "app-smart-client")
-        .await
-        .unwrap();
+    let original = ready_rotating_client(&s, json!({"overlap": "1h"})).await;
     let old_id = secret_value(&original, "client_id").unwrap();
     let policy = refuse_status_writes(&s).await;
     s.server

@@ -393,3 +393,42 @@ pub async fn delete_and_wait_until_gone(client: &Client, namespace: &str, name: 
     )
     .await;
 }
+
+/// Waits until a rotation's overlap is over for `secret`: `previous_client_id` left it. Returns it.
+pub async fn wait_for_retirement(client: &Client, namespace: &str, secret: &str) -> Secret {
+    eventually(
+        "previous_* leave the Secret",
+        Duration::from_secs(30),
+        || async {
+            let held = get_secret(client, namespace, secret).await?;
+            secret_value(&held, "previous_client_id")
+                .is_none()
+                .then_some(held)
+        },
+    )
+    .await
+}
+
+/// Waits until SmartClient `name` lists `client_id` in `status.orphanedClients` for `reason`.
+pub async fn wait_for_orphan(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    client_id: &str,
+    reason: &str,
+) -> smart_operator::crd::SmartClientStatus {
+    let clients: kube::Api<SmartClient> = kube::Api::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("{client_id} recorded as orphaned ({reason})"),
+        Duration::from_secs(30),
+        || async {
+            let status = clients.get(name).await.ok()?.status?;
+            status
+                .orphaned_clients
+                .iter()
+                .any(|o| o.client_id == client_id && o.reason == reason)
+                .then_some(status)
+        },
+    )
+    .await
+}
