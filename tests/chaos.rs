@@ -75,28 +75,40 @@ async fn server_clients(server: &AuthServer) -> HashMap<String, Option<String>> 
         .collect()
 }
 
-/// (SmartClient name → (client_id, client_secret)) as their Secrets hold them. One list call: a
-/// GET per client, every 100 ms, loaded the apiserver more than the operator did.
-async fn secrets_of(s: &Setup, names: &[String]) -> BTreeMap<String, (String, Option<String>)> {
+/// (SmartClient name → its Secret) for `names`. One list call: a GET per client, every 100 ms,
+/// loaded the apiserver more than the operator did.
+async fn managed_secrets(s: &Setup, names: &[String]) -> BTreeMap<String, Secret> {
     let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
     let listed = secrets
         .list(&ListParams::default().labels("app.kubernetes.io/managed-by=smart-operator"))
         .await
         .unwrap();
-    let by_name: HashMap<String, Secret> = listed
+    let mut by_name: HashMap<String, Secret> = listed
         .items
         .into_iter()
         .map(|secret| (secret.metadata.name.clone().unwrap_or_default(), secret))
         .collect();
-    let mut out = BTreeMap::new();
-    for name in names {
-        if let Some(secret) = by_name.get(&format!("{name}-smart-client"))
-            && let Some(id) = secret_value(secret, "client_id")
-        {
-            out.insert(name.clone(), (id, secret_value(secret, "client_secret")));
-        }
-    }
-    out
+    names
+        .iter()
+        .filter_map(|name| {
+            Some((
+                name.clone(),
+                by_name.remove(&format!("{name}-smart-client"))?,
+            ))
+        })
+        .collect()
+}
+
+/// (SmartClient name → (client_id, client_secret)) as their Secrets hold them.
+async fn secrets_of(s: &Setup, names: &[String]) -> BTreeMap<String, (String, Option<String>)> {
+    managed_secrets(s, names)
+        .await
+        .into_iter()
+        .filter_map(|(name, secret)| {
+            let id = secret_value(&secret, "client_id")?;
+            Some((name, (id, secret_value(&secret, "client_secret"))))
+        })
+        .collect()
 }
 
 /// SmartClients whose Secret holds credentials the server does not accept (unknown id, other secret).
@@ -138,34 +150,21 @@ async fn rotated_secrets(
     s: &Setup,
     names: &[String],
 ) -> BTreeMap<String, (Credentials, Credentials)> {
-    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
-    let listed = secrets
-        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=smart-operator"))
+    managed_secrets(s, names)
         .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for secret in listed.items {
-        let name = secret.metadata.name.clone().unwrap_or_default();
-        let Some(client) = name.strip_suffix("-smart-client") else {
-            continue;
-        };
-        if !names.iter().any(|n| n == client) {
-            continue;
-        }
-        if let (Some(id), Some(previous_id)) = (
-            secret_value(&secret, "client_id"),
-            secret_value(&secret, "previous_client_id"),
-        ) {
-            out.insert(
-                client.to_owned(),
-                (
-                    (id, secret_value(&secret, "client_secret")),
-                    (previous_id, secret_value(&secret, "previous_client_secret")),
-                ),
+        .into_iter()
+        .filter_map(|(name, secret)| {
+            let current = (
+                secret_value(&secret, "client_id")?,
+                secret_value(&secret, "client_secret"),
             );
-        }
-    }
-    out
+            let previous = (
+                secret_value(&secret, "previous_client_id")?,
+                secret_value(&secret, "previous_client_secret"),
+            );
+            Some((name, (current, previous)))
+        })
+        .collect()
 }
 
 async fn ready_count(s: &Setup) -> usize {
