@@ -19,7 +19,7 @@ struct Setup {
     client: kube::Client,
     ns: String,
     server: RealAuthProxy,
-    _operator: Operator,
+    operator: Operator,
 }
 
 async fn setup(prefix: &str, version: Version, operator_args: &[&str]) -> Setup {
@@ -41,7 +41,7 @@ async fn setup(prefix: &str, version: Version, operator_args: &[&str]) -> Setup 
         client,
         ns,
         server,
-        _operator: operator,
+        operator,
     }
 }
 
@@ -526,6 +526,27 @@ async fn rotation_replaces_keeps_the_old_for_the_overlap_and_orphans_it(version:
         2,
         "one registration for one rotation"
     );
+    // Counted, and cleared by id once someone has dealt with it on the server.
+    assert_eq!(
+        s.operator.metric("smart_operator_orphaned_clients").await,
+        Some(1.0)
+    );
+    api(&s)
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"metadata": {"annotations": {"smart.fhir.dev/clear-orphans": old_id}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("the orphan cleared", Duration::from_secs(30), || async {
+        let status = api(&s).get("app").await.ok()?.status?;
+        status.orphaned_clients.is_empty().then_some(())
+    })
+    .await;
+    wait_for_event(&s.client, &s.ns, "OrphansCleared").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
