@@ -190,10 +190,13 @@ impl Run<'_> {
                 },
             }
         } else {
-            Some((
-                "Rotated",
-                format!("{} cannot delete clients", server.dialect()),
-            ))
+            let why = if server.dialect().manages_clients() {
+                "the auth server gave no registration access token and URI to delete it with"
+                    .to_owned()
+            } else {
+                format!("{} cannot delete clients", server.dialect())
+            };
+            Some(("Rotated", why))
         };
         let note = match &orphan_reason {
             None => format!(
