@@ -55,3 +55,34 @@ async fn a_server_without_rfc7592_gets_replacements_and_orphans_not_a_crash() {
     assert_eq!(s.server.count("delete").await, 0);
     assert!(s.operator.is_running(), "the operator did not crash");
 }
+
+/// A rotation there: the replaced registration cannot be deleted, so after the overlap it is
+/// recorded as an orphan, saying why; nothing is sent to a management API that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_without_rfc7592_orphans_the_replaced_registration_and_says_why() {
+    let s = setup("no-7592-rotate", DevDialect::Rfc7591, &[]).await;
+    s.server
+        .set_policy(json!({"without_management_api": true}))
+        .await;
+    create(
+        &s.client,
+        Some(&s.ns),
+        smart_client("app", json!({"rotation": {"overlap": "2s"}})),
+    )
+    .await
+    .unwrap();
+    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let old_id = first.status.unwrap().client_id.unwrap();
+    annotate(
+        &s,
+        "app",
+        "smart.fhir.dev/rotate-credentials-requested-at",
+        Some("1"),
+    )
+    .await;
+    wait_for_orphan(&s.client, &s.ns, "app", &old_id, "Rotated").await;
+    let note = wait_for_event(&s.client, &s.ns, "PreviousCredentialsRetired").await;
+    assert!(note.contains("no registration access token"), "{note}");
+    assert_eq!(s.server.count("register").await, 2);
+    assert_eq!(s.server.count("delete").await, 0);
+}
