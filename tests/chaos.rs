@@ -54,6 +54,8 @@ struct Figures {
     /// From the apiserver's /readyz after its restart to a spec change applied.
     change_after_apiserver_restart: Duration,
     wipe_recovery: Duration,
+    /// Token endpoint requests (existence probes) per client from the wipe to its recovery.
+    wipe_probes_per_client: f64,
     legacy_secrets_changed_by_wipe: usize,
     deleted: usize,
     leftovers_after_deletion: usize,
@@ -322,6 +324,7 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
 
     // 3. A wipe: every client is registered again within a probe interval, S4SLegacy with its secret.
     let before_wipe = secrets_of(&s, &names).await;
+    let probes_before_wipe = s.server.count("token").await;
     s.server.reset().await;
     let wiped_at = Instant::now();
     eventually(
@@ -331,6 +334,14 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
     )
     .await;
     let wipe_recovery = wiped_at.elapsed();
+    // The checks that follow a re-registration come right after its Secret write: counted too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let wipe_probes_per_client = s
+        .server
+        .count("token")
+        .await
+        .saturating_sub(probes_before_wipe) as f64
+        / clients as f64;
     let after_wipe = secrets_of(&s, &names).await;
     let legacy_secrets_changed = before_wipe
         .iter()
@@ -427,6 +438,7 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
         rotation_time,
         change_after_apiserver_restart,
         wipe_recovery,
+        wipe_probes_per_client,
         legacy_secrets_changed_by_wipe: if dialect == DevDialect::S4sLegacy {
             legacy_secrets_changed
         } else {
@@ -440,7 +452,7 @@ async fn run(dialect: DevDialect, prefix: &str, barrier: &tokio::sync::Barrier) 
 
 fn check(f: &Figures) {
     println!(
-        "CHAOS | {:?} | {} clients, {} kills | {}/{} Ready after {:.1} s | lost {} | extra registrations {} (recorded as lost answers {}) | rotation under {} kills: {}/{} rotated in {:.1} s, lost {}, extra registrations {} (recorded {}) | wipe: recovered in {:.1} s, S4SLegacy secrets changed {} | spec change applied {:.1} s after the apiserver restart | {} deletions in {:.1} s, leftovers {} |",
+        "CHAOS | {:?} | {} clients, {} kills | {}/{} Ready after {:.1} s | lost {} | extra registrations {} (recorded as lost answers {}) | rotation under {} kills: {}/{} rotated in {:.1} s, lost {}, extra registrations {} (recorded {}) | wipe: recovered in {:.1} s with {:.1} probes per client, S4SLegacy secrets changed {} | spec change applied {:.1} s after the apiserver restart | {} deletions in {:.1} s, leftovers {} |",
         f.dialect,
         f.clients,
         f.kills,
@@ -458,6 +470,7 @@ fn check(f: &Figures) {
         f.extra_rotation_registrations,
         f.recorded_lost_rotation_answers,
         f.wipe_recovery.as_secs_f64(),
+        f.wipe_probes_per_client,
         f.legacy_secrets_changed_by_wipe,
         f.change_after_apiserver_restart.as_secs_f64(),
         f.deleted,
@@ -508,6 +521,11 @@ fn check(f: &Figures) {
     assert!(
         f.wipe_recovery < PROBE_INTERVAL * 2,
         "recovered from the wipe within the first round of checks: {f:?}"
+    );
+    // One check finds each client gone, one more at most confirms the new one: no probe loop.
+    assert!(
+        f.wipe_probes_per_client <= 3.0,
+        "no flood of existence probes after a wipe: {f:?}"
     );
     if f.dialect == DevDialect::Rfc7591 {
         assert_eq!(

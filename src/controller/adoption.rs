@@ -129,7 +129,8 @@ impl Run<'_> {
             }
         }
         self.ctx.remember(&self.uid, self.credentials.clone());
-        self.ctx.schedule_existence_check(&self.uid, self.now);
+        self.ctx
+            .schedule_existence_check(&self.uid, Timestamp::now());
         let how = match verified {
             Verified::ManagementRead => "its registration access token read it (RFC 7592)",
             Verified::Probe => "the server knows its credentials",

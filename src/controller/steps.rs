@@ -143,7 +143,9 @@ impl Run<'_> {
         self.report_granted_scopes(&desired.scopes).await;
         self.persist(server, &desired.scopes);
         self.status.retry = None;
-        self.ctx.schedule_existence_check(&self.uid, self.now);
+        // The answer shows the client exists now, after any wipe suspected so far.
+        self.ctx
+            .schedule_existence_check(&self.uid, Timestamp::now());
         let client_id = self.status.client_id.clone().unwrap_or_default();
         let (reason, note) = match action {
             Action::RotateCredentials => (
@@ -515,6 +517,11 @@ impl Run<'_> {
         let by_management_read = server.dialect() == Dialect::Rfc7591
             && ((credentials.client_secret.is_none() && client.client_assertion.is_none())
                 || server.endpoints.token.is_none());
+        // When the check was made, on the clock: a wipe suspected since then (by another client's
+        // check, whose reconcile may have started after this one) asks for one more; this
+        // reconcile's start time would look older than the suspicion after every check, and the
+        // plan would ask again and again.
+        let checked_at = Timestamp::now();
         let existence = if by_management_read {
             match auth.read(&as_client_credentials(&credentials)).await {
                 Ok(registered) => {
@@ -539,10 +546,10 @@ impl Run<'_> {
                 // The server answered and knows the client: an earlier failure's backoff is over
                 // (left in place, it would block a later deletion without an attempt; review C4).
                 self.status.retry = None;
-                self.ctx.schedule_existence_check(&self.uid, self.now);
+                self.ctx.schedule_existence_check(&self.uid, checked_at);
             }
             Existence::Gone => {
-                self.ctx.suspect_wipe(server, self.now);
+                self.ctx.suspect_wipe(server, checked_at);
                 self.ctx
                     .publish(self.client, EventType::Warning, "ClientGone", "Probe", "the auth server no longer knows this client (its state was wiped?); registering again".into())
                     .await;
