@@ -26,6 +26,9 @@ use crate::crd::{
 const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(600);
 /// How soon a failed discovery is retried.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(30);
+/// How soon a discovery that failed on a transient answer (a 5xx, a timeout) is retried: one
+/// request per server, so a short wait floods nothing.
+const TRANSIENT_DISCOVERY_RETRY: Duration = Duration::from_secs(5);
 
 /// What the two auth server kinds have in common.
 pub trait AuthServerResource:
@@ -95,6 +98,16 @@ pub fn auth_server_stalls(reason: &str) -> bool {
     reason == "InvalidAuthServerConfiguration"
 }
 
+/// Whether the server's status holds a discovery of this generation that is in use (Ready).
+fn still_discovered(status: &AuthServerStatus, generation: Option<i64>) -> bool {
+    status.discovered.is_some()
+        && status.observed_generation == generation
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.status == "True")
+}
+
 pub async fn reconcile_server<K: AuthServerResource>(
     server: Arc<K>,
     ctx: Arc<Context>,
@@ -159,6 +172,15 @@ pub async fn reconcile_server<K: AuthServerResource>(
             Requeue::requeue(REDISCOVERY_INTERVAL)
         }
         Err(ReconcileError::Kube(e)) => return Err(ReconcileError::Kube(e)),
+        // A server discovered for this spec whose refresh fails for a moment keeps the endpoints
+        // it had: its clients go on (one 503 while the operator restarted under load made every
+        // client of it Ready=False for the retry's 30 s).
+        Err(ReconcileError::AuthServer(error))
+            if error.is_retryable() && still_discovered(&status, generation) =>
+        {
+            warn!(server = %server.name_any(), reason = error.reason(), %error, "rediscovery failed; the endpoints discovered before stay in use");
+            Requeue::requeue(TRANSIENT_DISCOVERY_RETRY)
+        }
         Err(error) => {
             warn!(server = %server.name_any(), reason = error.reason(), %error, "auth server not usable");
             set_condition(
@@ -170,7 +192,12 @@ pub async fn reconcile_server<K: AuthServerResource>(
                 generation,
                 now,
             );
-            Requeue::requeue(DISCOVERY_RETRY)
+            let transient = matches!(&error, ReconcileError::AuthServer(e) if e.is_retryable());
+            Requeue::requeue(if transient {
+                TRANSIENT_DISCOVERY_RETRY
+            } else {
+                DISCOVERY_RETRY
+            })
         }
     };
     status.observed_generation = generation;
