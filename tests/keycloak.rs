@@ -618,3 +618,35 @@ async fn operator_adopts_an_existing_keycloak_client() {
         "the token in the source Secret was rotated away"
     );
 }
+
+/// The Secret in the app's shape against Keycloak: the launch keys and a rendered template hold
+/// what Keycloak registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_shapes_a_keycloak_clients_secret_with_a_template() {
+    let (client, ns, _operator) = namespace_with_operator("keycloak-shape").await;
+    create(&client, Some(&ns), json!({
+        "apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": "app"},
+        "spec": {"authServerRef": {"name": "keycloak"}, "redirectUris": ["https://app.example.org/callback"],
+                 "scopes": ["launch/patient"],
+                 "secret": {"type": "example.org/smart-client",
+                            "template": {"app.env": "CLIENT_ID={{ client_id }}\nTOKEN_URL={{ token_endpoint }}\n"}}},
+    }))
+    .await
+    .unwrap();
+    wait_for_ready(&client, &ns, "app", "True", "Ready").await;
+    let secret = get_secret(&client, &ns, "app-smart-client").await.unwrap();
+    let held = credentials_in(&secret, "");
+    assert_eq!(secret.type_.as_deref(), Some("example.org/smart-client"));
+    assert_eq!(
+        secret_value(&secret, "app.env").unwrap(),
+        format!(
+            "CLIENT_ID={}\nTOKEN_URL={}\n",
+            held.client_id,
+            keycloak_env("KEYCLOAK_TOKEN_ENDPOINT")
+        )
+    );
+    keycloak(None)
+        .read(&held)
+        .await
+        .expect("the templated Secret's credentials are Keycloak's");
+}
