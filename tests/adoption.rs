@@ -55,6 +55,23 @@ fn source_secret(name: &str, registered: &RegisteredClient) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
 }
 
+/// Creates SmartClient `name` adopting from Secret `source` (with more `spec` fields) and waits
+/// until its Ready condition has `status` and `reason`.
+async fn adopting_client(
+    s: &Setup,
+    name: &str,
+    source: &str,
+    spec: Value,
+    (status, reason): (&str, &str),
+) -> smart_operator::crd::SmartClient {
+    let mut spec = spec;
+    spec["adopt"] = json!({"secretName": source});
+    create(&s.client, Some(&s.ns), smart_client(name, spec))
+        .await
+        .unwrap();
+    wait_for_ready(&s.client, &s.ns, name, status, reason).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rfc7591_registration_is_adopted_without_registering_and_brought_in_line() {
     let s = setup("adopt-7591", DevDialect::Rfc7591, &[]).await;
@@ -63,17 +80,14 @@ async fn an_rfc7591_registration_is_adopted_without_registering_and_brought_in_l
         .await
         .unwrap();
     let registrations = s.server.count("register").await;
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client(
-            "app",
-            json!({"clientName": "Adopted App", "adopt": {"secretName": "existing"}}),
-        ),
+    let ready = adopting_client(
+        &s,
+        "app",
+        "existing",
+        json!({"clientName": "Adopted App"}),
+        ("True", "Ready"),
     )
-    .await
-    .unwrap();
-    let ready = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    .await;
     assert_eq!(
         ready.status.unwrap().client_id.as_deref(),
         Some(existing.client_id.as_str())
@@ -133,14 +147,8 @@ async fn a_refused_adoption_says_why_and_registers_nothing() {
         ),
         ("unknown", "unknown", "does not know client no-such-client"),
     ] {
-        create(
-            &s.client,
-            Some(&s.ns),
-            smart_client(name, json!({"adopt": {"secretName": source}})),
-        )
-        .await
-        .unwrap();
-        let refused = wait_for_ready(&s.client, &s.ns, name, "False", "AdoptionRefused").await;
+        let refused =
+            adopting_client(&s, name, source, json!({}), ("False", "AdoptionRefused")).await;
         let message = ready_message(&refused);
         assert!(message.contains(words), "{message}");
         assert!(
@@ -149,14 +157,14 @@ async fn a_refused_adoption_says_why_and_registers_nothing() {
         );
     }
     // A source that is not there yet waits for it, and registers nothing meanwhile.
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("later", json!({"adopt": {"secretName": "not-yet"}})),
+    adopting_client(
+        &s,
+        "later",
+        "not-yet",
+        json!({}),
+        ("False", "AdoptionSecretNotFound"),
     )
-    .await
-    .unwrap();
-    wait_for_ready(&s.client, &s.ns, "later", "False", "AdoptionSecretNotFound").await;
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         s.server.count("register").await,
@@ -177,14 +185,7 @@ async fn an_s4s_registration_is_adopted_by_its_existence_probe() {
     apply(&s.client, Some(&s.ns), source_secret("existing", &existing))
         .await
         .unwrap();
-    create(
-        &s.client,
-        Some(&s.ns),
-        smart_client("app", json!({"adopt": {"secretName": "existing"}})),
-    )
-    .await
-    .unwrap();
-    let ready = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready").await;
+    let ready = adopting_client(&s, "app", "existing", json!({}), ("True", "Ready")).await;
     assert_eq!(
         ready.status.unwrap().client_id.as_deref(),
         Some(existing.client_id.as_str())

@@ -128,11 +128,8 @@ async fn lost_credentials(s: &Setup, names: &[String]) -> usize {
 
 /// `status.orphanedClients` entries without an id, over every SmartClient.
 async fn count_lost_answers(s: &Setup) -> usize {
-    api(s)
-        .list(&ListParams::default())
+    smart_clients(s)
         .await
-        .unwrap()
-        .items
         .iter()
         .map(|c: &SmartClient| {
             c.status.as_ref().map_or(0, |st| {
@@ -169,12 +166,13 @@ async fn rotated_secrets(
         .collect()
 }
 
+async fn smart_clients(s: &Setup) -> Vec<SmartClient> {
+    api(s).list(&ListParams::default()).await.unwrap().items
+}
+
 async fn ready_count(s: &Setup) -> usize {
-    api(s)
-        .list(&ListParams::default())
+    smart_clients(s)
         .await
-        .unwrap()
-        .items
         .iter()
         .filter(|c| condition(c, "Ready").is_some_and(|(status, _)| status == "True"))
         .count()
