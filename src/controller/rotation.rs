@@ -74,7 +74,12 @@ impl Run<'_> {
         let record = self.credentials.as_ref()?;
         Some(CurrentRegistration {
             registered_at: record.registered_at.unwrap_or(self.now),
-            secret_expires_at: record.secret_expires_at,
+            // Records written before the lifecycle was kept: status has the expiry.
+            secret_expires_at: record.secret_expires_at.or(self
+                .status
+                .client_secret_expires_at
+                .as_ref()
+                .map(|t| t.0)),
             previous_replaced_at: record.previous.as_ref().map(|p| p.replaced_at),
         })
     }

@@ -595,6 +595,9 @@ pub fn is_in_sync(
                 && record.is_none_or(|r| r.applied_metadata_hash.is_none()))
             // Nor is an absent digest (Secrets written before it was kept): the next write adds it.
             || (*key == CREDENTIALS_DIGEST_ANNOTATION && !observed_annotations.contains_key(*key))
+            // Nor an absent lifecycle (Secrets written before it was kept; their age stands in
+            // for it): a rotation, which needs it, writes it.
+            || (*key == LIFECYCLE_ANNOTATION && !observed_annotations.contains_key(*key))
     });
     let labels_ok = wanted
         .metadata
@@ -776,6 +779,29 @@ mod tests {
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
             ("SmartClient", "uid-1", Some(true))
+        );
+    }
+
+    #[test]
+    fn a_secret_written_before_the_lifecycle_was_kept_is_in_sync_and_its_age_is_the_secrets() {
+        let c = client(serde_json::json!({}));
+        let mut record = credentials();
+        record.registered_at = Some("2026-11-01T00:00:00Z".parse().unwrap());
+        let data = render_data(&c, &record, None, &PublicValues::default());
+        let mut secret = render_secret(&c, data.clone(), Some(&record));
+        // An upgrade: the Secret an earlier release wrote has no lifecycle annotation.
+        secret.annotations_mut().remove(LIFECYCLE_ANNOTATION);
+        secret.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert!(
+            is_in_sync(&secret, &c, &data, Some(&record), None),
+            "no rewrite (and no SecretRestored Event) for every client after an upgrade"
+        );
+        assert_eq!(
+            read_credentials(&secret, &c, &[]).unwrap().registered_at,
+            record.registered_at
         );
     }
 
