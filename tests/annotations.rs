@@ -176,15 +176,7 @@ async fn an_observe_only_client_is_read_and_reported_never_registered_updated_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_are_counted_and_cleared_by_annotation() {
     let s = setup("ann-orphans", DevDialect::S4s, &[]).await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
-        .await
-        .status
-        .unwrap()
-        .client_id
-        .unwrap();
+    let first = ready_app(&s).await.client_id.unwrap();
     // S4S cannot update: a new name replaces the client and orphans the first.
     patch_spec(&s, "app", json!({"clientName": "renamed"})).await;
     eventually(

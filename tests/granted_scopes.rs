@@ -6,7 +6,6 @@ mod common;
 
 use common::operator::*;
 use common::scenario::*;
-use common::*;
 use serde_json::json;
 use smart_operator::devserver::Dialect as DevDialect;
 
@@ -18,13 +17,7 @@ async fn scopes_the_server_leaves_out_are_named_and_the_secret_shows_the_granted
             json!({"allowed_scopes": ["openid", "launch/patient"], "on_disallowed": "narrow"}),
         )
         .await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    let status = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
-        .await
-        .status
-        .unwrap();
+    let status = ready_app(&s).await;
     let granted = condition_in(&status, "ScopesGranted");
     assert_eq!(
         (granted.status.as_str(), granted.reason.as_str()),

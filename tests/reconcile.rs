@@ -224,13 +224,7 @@ async fn steady_state_makes_no_remote_call_and_no_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc7591_spec_change_is_one_put_and_the_rotated_token_is_persisted() {
     let s = setup("update", DevDialect::Rfc7591, &[]).await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
-        .await
-        .status
-        .unwrap();
+    let first = ready_app(&s).await;
     let old_rat = secret_value(
         &get_secret(&s.client, &s.ns, "app-smart-client")
             .await
@@ -282,13 +276,7 @@ async fn rfc7591_spec_change_is_one_put_and_the_rotated_token_is_persisted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4s_spec_change_registers_a_visible_replacement_and_reports_the_orphan() {
     let s = setup("replace", DevDialect::S4s, &[]).await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
-        .await
-        .status
-        .unwrap();
+    let first = ready_app(&s).await;
     patch_spec(
         &s,
         "app",
@@ -384,13 +372,7 @@ async fn a_wiped_auth_server_is_detected_by_the_existence_check_and_the_client_r
         &["--existence-check-interval", "2s"],
     )
     .await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    let first = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
-        .await
-        .status
-        .unwrap();
+    let first = ready_app(&s).await;
     s.server.reset().await;
     let second = eventually(
         "re-registration after the wipe",

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::operator::*;
 use common::scenario::*;
-use common::*;
 use serde_json::json;
 use smart_operator::devserver::Dialect as DevDialect;
 
@@ -18,13 +17,7 @@ async fn a_client_secret_past_its_expiry_is_reported() {
     s.server
         .set_policy(json!({"client_secret_lifetime_secs": 4}))
         .await;
-    create(&s.client, Some(&s.ns), smart_client("app", json!({})))
-        .await
-        .unwrap();
-    let status = wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
-        .await
-        .status
-        .unwrap();
+    let status = ready_app(&s).await;
     let expires = status
         .client_secret_expires_at
         .clone()

@@ -61,6 +61,17 @@ pub fn smart_client(name: &str, extra: Value) -> Value {
     json!({"apiVersion": "smart.fhir.dev/v1alpha1", "kind": "SmartClient", "metadata": {"name": name}, "spec": spec})
 }
 
+/// Creates SmartClient `app` with the default spec, waits for Ready, returns its status.
+pub async fn ready_app(s: &Setup) -> smart_operator::crd::SmartClientStatus {
+    super::create(&s.client, Some(&s.ns), smart_client("app", json!({})))
+        .await
+        .unwrap();
+    super::operator::wait_for_ready(&s.client, &s.ns, "app", "True", "Ready")
+        .await
+        .status
+        .unwrap()
+}
+
 pub fn api(s: &Setup) -> Api<SmartClient> {
     Api::namespaced(s.client.clone(), &s.ns)
 }
